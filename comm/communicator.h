@@ -1,0 +1,106 @@
+// comm/communicator.h — how bytes move between ranks.
+//
+// Design note (after PyTorch c10d's Backend/Work): one method per collective, each taking tensors and
+// a small options struct with defaults, each returning an asynchronous Work handle. The contract of
+// every call: all ranks call the same collectives in the same order with matching shapes and dtypes
+// (as MPI and NCCL require); a mismatch that can be detected raises dt::Error instead of hanging.
+// Tensors must be contiguous and of float32, float64, bfloat16, float16, int32 or int64; the backend
+// reads and writes them in place until the Work completes, so callers keep them alive until wait().
+//
+// Counters: every collective adds its call and its payload bytes (the bytes this rank hands to the
+// collective: numel × element size of the input) to per-collective counters, readable and resettable.
+// Training metrics (`bytes_allreduced`, `collectives`) and the benchmarks are built on them.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dt::comm {
+
+enum class ReduceOp { Sum, Average };
+
+enum class Collective { AllReduce, Broadcast, AllGather, AllGatherV, ReduceScatter, Barrier };
+inline constexpr int kNumCollectives = 6;
+const char* collective_name(Collective c);
+
+struct AllReduceOptions {
+  ReduceOp op = ReduceOp::Sum;
+};
+struct BroadcastOptions {
+  int root = 0;
+};
+struct ReduceScatterOptions {
+  ReduceOp op = ReduceOp::Sum;
+};
+
+// An in-flight collective. wait() rethrows the collective's error, if any.
+class Work {
+ public:
+  virtual ~Work() = default;
+  // Non-blocking: has the collective finished (successfully or not)?
+  virtual bool is_completed() = 0;
+  // Blocks until done. Returns false if `timeout` passed first (the collective is still in flight);
+  // a zero timeout means wait forever. Throws dt::Error if the collective failed.
+  virtual bool wait(std::chrono::milliseconds timeout = std::chrono::milliseconds::zero()) = 0;
+  // The error the collective ended with, or null.
+  virtual std::exception_ptr exception() const = 0;
+};
+using WorkPtr = std::shared_ptr<Work>;
+
+struct CollectiveCounters {
+  uint64_t calls = 0;
+  uint64_t bytes = 0;  // payload bytes handed to the collective by this rank
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual int local_rank() const = 0;  // rank among the processes of this node
+  virtual int local_size() const = 0;
+  virtual std::string backend_name() const = 0;  // "mpi" or "nccl"
+
+  // In place: every rank's `tensor` becomes the element-wise sum (or average) over ranks.
+  virtual WorkPtr all_reduce(at::Tensor& tensor, const AllReduceOptions& options = {}) = 0;
+  // In place: every rank's `tensor` becomes root's.
+  virtual WorkPtr broadcast(at::Tensor& tensor, const BroadcastOptions& options = {}) = 0;
+  // `output` (size() × input.numel() elements) receives every rank's `input`, in rank order.
+  virtual WorkPtr all_gather(const at::Tensor& input, at::Tensor& output) = 0;
+  // Variable sizes: rank r contributes counts[r] elements; `output` holds sum(counts) elements.
+  // `input.numel()` must equal counts[rank()].
+  virtual WorkPtr all_gather_v(const at::Tensor& input, at::Tensor& output,
+                               const std::vector<int64_t>& counts) = 0;
+  // `input` holds size() × output.numel() elements; rank r receives the reduction of block r.
+  virtual WorkPtr reduce_scatter(const at::Tensor& input, at::Tensor& output,
+                                 const ReduceScatterOptions& options = {}) = 0;
+  virtual WorkPtr barrier() = 0;
+
+  CollectiveCounters counters(Collective c) const { return counters_[static_cast<int>(c)]; }
+  CollectiveCounters total_counters() const;
+  void reset_counters() { counters_ = {}; }
+
+ protected:
+  void count(Collective c, uint64_t bytes) {
+    auto& k = counters_[static_cast<int>(c)];
+    k.calls += 1;
+    k.bytes += bytes;
+  }
+
+ private:
+  std::array<CollectiveCounters, kNumCollectives> counters_{};
+};
+
+// Shared argument checks, so every backend refuses the same things with the same words.
+void check_tensor(const at::Tensor& t, const char* backend, const char* what);
+size_t element_size_bytes(const at::Tensor& t);
+
+}  // namespace dt::comm

@@ -1,0 +1,30 @@
+// comm/nccl.h — the NCCL backend (CUDA tensors), bootstrapped from MPI.
+//
+// Design note (after llm.c's zero.cuh): rank 0 makes the ncclUniqueId and broadcasts it over MPI,
+// then every rank calls ncclCommInitRank on the GPU of its local rank. Collectives run on a dedicated
+// CUDA stream that first waits on an event recorded on the compute stream (no host sync); each Work is
+// backed by a CUDA event recorded after the collective. A watchdog thread aborts the NCCL communicator
+// and calls MPI_Abort when a collective exceeds the timeout, so a dead peer never hangs a job.
+// Compiled only when DELTATUNE_NCCL is on; it builds and links on machines without a GPU.
+#pragma once
+
+#include <chrono>
+#include <memory>
+
+#include "comm/communicator.h"
+
+namespace dt::comm {
+
+struct NcclOptions {
+  int device = -1;  // CUDA device; -1: the local rank modulo the visible devices
+  std::chrono::seconds watchdog_timeout{600};
+};
+
+// `bootstrap` is an MPI communicator over the same ranks; it carries the unique id.
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap,
+                                                     const NcclOptions& options = {});
+
+// Whether this binary was built with the NCCL backend.
+bool nccl_available();
+
+}  // namespace dt::comm

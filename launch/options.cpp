@@ -1,0 +1,162 @@
+// launch/options.cpp — the option groups shared by subcommands, parsing, and --print-config.
+//
+// Every option is declared exactly once here (or in the one subcommand that owns it). Names with a
+// dot are INI sections: `--train.lr 1e-4` == `[train]\nlr = 1e-4` in the file given to --config.
+#include <boost/program_options.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "launch/cli.h"
+#include "util/error.h"
+
+namespace dt::launch {
+
+void add_common_options(po::options_description& desc) {
+  desc.add_options()
+      ("help,h", "print this help and exit")
+      ("config", po::value<std::string>(), "INI file of options ([section] then key = value); the command line overrides it")
+      ("print-config", "print the resolved configuration (INI) and exit")
+      ("log-all-ranks", po::bool_switch(), "log from every rank, not only rank 0")
+      ("threads", po::value<int>()->default_value(0),
+       "torch threads per rank; 0: the node's cores divided by its local ranks");
+}
+
+void add_model_options(po::options_description& desc) {
+  desc.add_options()
+      ("model", po::value<std::string>()->default_value("data/stories260K/stories260K.bin"),
+       "built-in config name (t5-small, t5-base, t5-large, t5-3b, t5-11b, t5-v1_1-*, bert-base, tiny-*) or a weights "
+       "file (.safetensors, llama2.c .bin)")
+      ("tokenizer", po::value<std::string>()->default_value("data/stories260K/tok512.bin"),
+       "tokenizer file: SentencePiece .model, WordPiece vocab .txt, llama2.c .bin")
+      ("task", po::value<std::string>()->default_value("sst2"), "GLUE task: sst2 | cola | rte")
+      ("data", po::value<std::string>()->default_value("data/glue"),
+       "directory holding the GLUE task folders (SST-2/, CoLA/, RTE/)");
+}
+
+void add_method_options(po::options_description& desc) {
+  desc.add_options()
+      ("method", po::value<std::string>()->default_value("full"),
+       "PEFT method, or several joined by '+': full, bitfit, houlsby, pfeiffer, parallel_adapter, lora, prefix, "
+       "prompt, ia3, compacter, mam, lst, fish, dsee");
+}
+
+void add_train_options(po::options_description& desc) {
+  desc.add_options()
+      ("train.steps", po::value<int64_t>()->default_value(200), "optimizer steps")
+      ("train.batch-size", po::value<int64_t>()->default_value(16), "examples per rank per micro-step")
+      ("train.accum", po::value<int64_t>()->default_value(1), "micro-steps per optimizer step (communicates on the last)")
+      ("train.lr", po::value<double>()->default_value(1e-3), "peak learning rate")
+      ("train.seed", po::value<uint64_t>()->default_value(42), "seed of initialization, shuffling and dropout")
+      ("train.eval-every", po::value<int64_t>()->default_value(0), "evaluate on the dev set every N steps (0: at the end only)");
+}
+
+void add_dist_options(po::options_description& desc) {
+  desc.add_options()
+      ("dist.backend", po::value<std::string>()->default_value("auto"),
+       "auto | mpi | nccl (auto: NCCL for CUDA tensors when built with it, MPI otherwise)")
+      ("dist.bucket-mb", po::value<double>()->default_value(25.0), "gradient bucket cap in MiB (the first bucket is 1 MiB)")
+      ("dist.compress", po::value<std::string>()->default_value("none"), "none | bf16 | fp16: gradient wire format");
+}
+
+void add_checkpoint_options(po::options_description& desc) {
+  desc.add_options()
+      ("out", po::value<std::string>(), "checkpoint directory")
+      ("ckpt.every", po::value<int64_t>()->default_value(0), "write a checkpoint every N steps (0: at the end only)")
+      ("ckpt.keep", po::value<int64_t>()->default_value(3), "keep the newest K checkpoints")
+      ("resume", po::value<std::string>(), "auto | PATH: continue from a checkpoint")
+      ("metrics", po::value<std::string>(), "JSON Lines metrics file (one object per step; appended on resume)");
+}
+
+namespace {
+
+// Boost's messages name the option with its dashes; keep them, add nothing but the subcommand.
+[[noreturn]] void usage(const Subcommand& sub, const std::string& what) {
+  throw_usage_error("deltatune " + sub.name + ": " + what + " (see deltatune " + sub.name + " --help)");
+}
+
+}  // namespace
+
+po::variables_map parse_options(const Subcommand& sub, const po::options_description& desc,
+                                const std::vector<std::string>& args) {
+  po::variables_map vm;
+  try {
+    po::positional_options_description positional;
+    for (const auto& name : sub.positional) positional.add(name.c_str(), 1);
+    po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
+    if (vm.count("config")) {
+      const std::string path = vm["config"].as<std::string>();
+      std::ifstream file(path);
+      if (!file) usage(sub, "cannot read config file '" + path + "'");
+      try {
+        // Values already stored from the command line win: po::store keeps the first value it sees.
+        po::store(po::parse_config_file(file, desc, /*allow_unregistered=*/false), vm);
+      } catch (const po::error& e) {
+        usage(sub, "config file '" + path + "': " + e.what());
+      }
+    }
+    if (!vm.count("help")) po::notify(vm);
+  } catch (const po::error& e) {
+    usage(sub, e.what());
+  }
+  return vm;
+}
+
+namespace {
+
+// Renders one stored value; program_options keeps them as boost::any of the declared type.
+std::string render_value(const po::variable_value& v) {
+  const boost::any& a = v.value();
+  if (a.type() == typeid(std::string)) return boost::any_cast<std::string>(a);
+  if (a.type() == typeid(int)) return std::to_string(boost::any_cast<int>(a));
+  if (a.type() == typeid(int64_t)) return std::to_string(boost::any_cast<int64_t>(a));
+  if (a.type() == typeid(uint64_t)) return std::to_string(boost::any_cast<uint64_t>(a));
+  if (a.type() == typeid(bool)) return boost::any_cast<bool>(a) ? "true" : "false";
+  if (a.type() == typeid(double)) {
+    std::ostringstream os;
+    os.precision(17);
+    os << boost::any_cast<double>(a);
+    return os.str();
+  }
+  if (a.type() == typeid(std::vector<std::string>)) {
+    std::string out;
+    for (const auto& s : boost::any_cast<std::vector<std::string>>(a)) out += (out.empty() ? "" : ",") + s;
+    return out;
+  }
+  return "?";
+}
+
+}  // namespace
+
+std::string render_config(const po::options_description& desc, const po::variables_map& vm) {
+  // Section "" holds the undotted options; options that only steer this program (help, config,
+  // print-config) are not configuration and are left out.
+  std::map<std::string, std::vector<std::pair<std::string, std::string>>> sections;
+  for (const auto& opt : desc.options()) {
+    const std::string& name = opt->long_name();
+    if (name == "help" || name == "config" || name == "print-config") continue;
+    auto it = vm.find(name);
+    if (it == vm.end() || it->second.empty()) continue;
+    const auto dot = name.find('.');
+    const std::string section = dot == std::string::npos ? "" : name.substr(0, dot);
+    const std::string key = dot == std::string::npos ? name : name.substr(dot + 1);
+    // Flags declared without a value (e.g. --log-all-ranks) hold an empty boost::any.
+    sections[section].emplace_back(key, it->second.value().empty() ? "true" : render_value(it->second));
+  }
+  std::ostringstream out;
+  for (const auto& [section, entries] : sections) {
+    if (!section.empty()) out << "\n[" << section << "]\n";
+    for (const auto& [key, value] : entries) out << key << " = " << value << "\n";
+  }
+  return out.str();
+}
+
+int not_implemented(const std::string& subcommand, const std::string& issue) {
+  std::cerr << "deltatune " << subcommand << ": not implemented yet (tracked in issue " << issue << ")\n";
+  return 2;
+}
+
+}  // namespace dt::launch

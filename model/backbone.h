@@ -1,0 +1,57 @@
+// model/backbone.h — the frozen pretrained networks that deltatune fine-tunes.
+//
+// Design note: headers stay light (ATen/core/Tensor.h, ~3 s to compile) and torch::nn lives in the
+// .cpp files behind this interface, so that peft/, sparse/, dist/ and launch/ never pay for
+// <torch/torch.h>. Parameter names are the Hugging Face names of the architecture (T5, BERT, Llama),
+// so weight files, FISH include/exclude globs, checkpoints and exports all speak one language.
+// Methods attach through hooks() (see hooks.h); the backbone never learns about methods.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "model/config.h"
+#include "model/hooks.h"
+
+namespace dt::model {
+
+// One batch; tensors a task does not use stay undefined.
+struct Batch {
+  at::Tensor input_ids;          // [B, T] int64
+  at::Tensor attention_mask;     // [B, T] int64 (1 = token, 0 = padding)
+  at::Tensor labels;             // [B] int64 class ids (classification) or [B, T] token ids (LM)
+  at::Tensor decoder_input_ids;  // [B, T'] (T5 seq2seq)
+};
+
+struct ForwardResult {
+  at::Tensor logits;  // [B, num_labels] for classification, [B, T, vocab] for LM
+  at::Tensor loss;    // scalar mean cross-entropy when labels are given
+  std::vector<at::Tensor> hidden_states;  // per block output, when requested (LST reads them)
+};
+
+struct ForwardOptions {
+  bool return_hidden_states = false;
+};
+
+class Backbone {
+ public:
+  virtual ~Backbone() = default;
+  virtual const ModelConfig& config() const = 0;
+  // Every parameter (frozen or not) under its HF name, in a stable registration order.
+  virtual std::vector<std::pair<std::string, at::Tensor>> named_parameters() const = 0;
+  // Every insertion point, in forward order.
+  virtual std::vector<SiteInfo> sites() const = 0;
+  virtual ForwardResult forward(const Batch& batch, const ForwardOptions& options = {}) = 0;
+  virtual void set_training(bool training) = 0;  // dropout on/off
+  HookSet& hooks() { return hooks_; }
+  const HookSet& hooks() const { return hooks_; }
+
+ protected:
+  HookSet hooks_;
+};
+
+}  // namespace dt::model

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The CLI contract of ../shared/CLI.md, end to end: every subcommand has --help, bad options and
+# bad config files give one line on stderr and exit 2.
+set -u
+bin=$1
+fail=0
+check() {  # check <expected exit> <description> -- command...
+  local want=$1 what=$2; shift 3
+  local err rc
+  err=$("$@" 2>&1 >/dev/null); rc=$?
+  if [ "$rc" -ne "$want" ]; then echo "FAIL: $what: exit $rc, want $want: $err"; fail=1; return; fi
+  echo "ok: $what"
+  LAST_ERR=$err
+}
+check 0 "top-level --help" -- "$bin" --help
+for sub in train eval generate plan mask inspect export commbench; do
+  check 0 "$sub --help" -- "$bin" "$sub" --help
+  out=$("$bin" "$sub" --help)
+  echo "$out" | grep -q -- "--config" || { echo "FAIL: $sub --help lacks --config"; fail=1; }
+  check 2 "$sub with an unknown option" -- "$bin" "$sub" --no-such-option
+  [ "$(echo "$LAST_ERR" | wc -l)" -eq 1 ] || { echo "FAIL: $sub: error is not one line: $LAST_ERR"; fail=1; }
+  echo "$LAST_ERR" | grep -q "no-such-option" || { echo "FAIL: $sub: error does not name the option"; fail=1; }
+  check 2 "$sub with an unreadable config" -- "$bin" "$sub" --config /nonexistent.ini
+  echo "$LAST_ERR" | grep -q "/nonexistent.ini" || { echo "FAIL: $sub: error does not name the file"; fail=1; }
+done
+check 2 "unknown subcommand" -- "$bin" frobnicate
+check 2 "no subcommand" -- "$bin"
+exit $fail
