@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "launch/cli.h"
+#include "peft/method.h"
 #include "util/error.h"
 
 namespace dt::launch {
@@ -42,6 +43,8 @@ void add_method_options(po::options_description& desc) {
       ("method", po::value<std::string>()->default_value("full"),
        "PEFT method, or several joined by '+': full, bitfit, houlsby, pfeiffer, parallel_adapter, lora, prefix, "
        "prompt, ia3, compacter, mam, lst, fish, dsee");
+  // Each method declares its own section (--lora.r, ...): declared once, where the method lives.
+  peft::Registry::global().add_all_options(desc);
 }
 
 void add_train_options(po::options_description& desc) {

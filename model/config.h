@@ -57,3 +57,14 @@ std::vector<TensorMeta> describe(const ModelConfig& config);
 int64_t total_params(const std::vector<TensorMeta>& metas);
 
 }  // namespace dt::model
+
+#include "model/hooks.h"
+
+namespace dt::model {
+
+// Every hook site of the backbone for `config`, in forward order, from the config alone (no allocation):
+// `plan` and the PEFT methods count what they would create from it, and every backbone's sites()
+// returns exactly this list (tests check that each listed site is really consulted in forward).
+std::vector<SiteInfo> describe_sites(const ModelConfig& config);
+
+}  // namespace dt::model

@@ -1,0 +1,36 @@
+// peft/full — full fine-tuning, the baseline: every backbone weight trains (and crosses the wire).
+#include "peft/method.h"
+
+namespace dt::peft {
+namespace {
+
+bool is_head(const std::string& name) { return name.rfind("score.", 0) == 0 || name.rfind("classifier.", 0) == 0; }
+
+class Full final : public Method {
+ public:
+  std::string name() const override { return "full"; }
+  std::vector<model::TensorMeta> plan(const model::ModelConfig& config) const override {
+    return model::describe(config);
+  }
+  std::vector<Trainable> attach(model::Backbone& backbone) override {
+    std::vector<Trainable> out;
+    for (auto& [name, tensor] : backbone.named_parameters()) {
+      if (is_head(name)) continue;  // the task head is added by MethodSet, after every method
+      // The frozen weights may be a read-only mapping of the weights file: train a private copy.
+      tensor.set_data(tensor.clone());
+      tensor.requires_grad_(true);
+      out.push_back({name, tensor, "full"});
+    }
+    return out;
+  }
+  std::string describe() const override { return "full"; }
+};
+
+}  // namespace
+
+void register_full(Registry& registry) {
+  registry.add({"full", "full fine-tuning: every backbone weight trains", nullptr,
+                [](const po::variables_map&) { return std::make_unique<Full>(); }});
+}
+
+}  // namespace dt::peft

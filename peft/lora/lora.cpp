@@ -1,0 +1,132 @@
+// peft/lora — LoRA (Hu et al.): h = W x + (alpha / r) · B A x, with A [r, in], B [out, r].
+//
+// Initialization as the LoRA code and HF PEFT: A ~ kaiming_uniform(a = sqrt(5)), i.e. U(±1/sqrt(in)),
+// and B = 0, so the model is unchanged at step 0. On attention projections (q, k, v, o) LoRA is an
+// output hook at the projection's site (the x it needs is the site's input). The FFN's linears
+// (wi, wo) have no projection site of their own, so there LoRA is a weight hook, W' = W + s·B·A
+// (the same function; it materializes W' per forward). Trainable names follow HF PEFT's adapter files:
+// "<module>.lora_A.weight", "<module>.lora_B.weight" with <module> the adapted linear's name.
+#include <ATen/ATen.h>
+#include <boost/algorithm/string.hpp>
+#include <boost/program_options.hpp>
+
+#include <cmath>
+#include <set>
+
+#include "peft/method.h"
+#include "util/error.h"
+
+namespace dt::peft {
+namespace {
+
+struct LoraOptions {
+  int64_t r = 8;
+  double alpha = 16.0;
+  std::vector<std::string> targets = {"q", "v"};
+};
+
+struct LoraTarget {
+  std::string site;    // hook site (projection targets) or empty (weight-hook targets)
+  std::string weight;  // the adapted linear's weight name
+  int64_t in = 0, out = 0;
+};
+
+const std::set<std::string>& known_targets() {
+  static const std::set<std::string> known = {"q", "k", "v", "o", "wi", "wo"};
+  return known;
+}
+
+std::vector<LoraTarget> lora_targets(const model::ModelConfig& config, const LoraOptions& options) {
+  std::set<std::string> wanted(options.targets.begin(), options.targets.end());
+  std::vector<LoraTarget> out;
+  for (const auto& s : model::describe_sites(config)) {
+    const std::string suffix = s.name.substr(s.name.rfind('.') + 1);
+    if (s.kind == model::SiteKind::Projection && wanted.count(suffix)) {
+      out.push_back({s.name, s.weight, s.in_features, s.out_features});
+    } else if (s.kind == model::SiteKind::FfnIntermediate && wanted.count("wi")) {
+      out.push_back({"", s.weight, s.in_features, s.out_features});
+    } else if (s.kind == model::SiteKind::FfnOutput && wanted.count("wo")) {
+      // The FFN's output linear maps d_ff -> d_model.
+      out.push_back({"", s.weight, config.d_ff, s.out_features});
+    }
+  }
+  return out;
+}
+
+std::string module_of(const std::string& weight) { return weight.substr(0, weight.rfind(".weight")); }
+
+class Lora final : public Method {
+ public:
+  explicit Lora(LoraOptions options) : options_(std::move(options)) {}
+  std::string name() const override { return "lora"; }
+
+  std::vector<model::TensorMeta> plan(const model::ModelConfig& config) const override {
+    std::vector<model::TensorMeta> out;
+    for (const auto& t : lora_targets(config, options_)) {
+      out.push_back({module_of(t.weight) + ".lora_A.weight", {options_.r, t.in}});
+      out.push_back({module_of(t.weight) + ".lora_B.weight", {t.out, options_.r}});
+    }
+    return out;
+  }
+
+  std::vector<Trainable> attach(model::Backbone& backbone) override {
+    const double scale = options_.alpha / static_cast<double>(options_.r);
+    std::vector<Trainable> out;
+    for (const auto& t : lora_targets(backbone.config(), options_)) {
+      const double bound = 1.0 / std::sqrt(static_cast<double>(t.in));
+      at::Tensor a = at::empty({options_.r, t.in}, at::kFloat).uniform_(-bound, bound).requires_grad_(true);
+      at::Tensor b = at::zeros({t.out, options_.r}, at::kFloat).requires_grad_(true);
+      if (!t.site.empty()) {
+        backbone.hooks().add_output(t.site, [a, b, scale](const at::Tensor& h, const at::Tensor& x) {
+          return h + at::matmul(at::matmul(x.to(a.scalar_type()), a.t()), b.t()) * scale;
+        });
+      } else {
+        backbone.hooks().set_weight(t.weight, [a, b, scale](const at::Tensor& w) {
+          return w + at::matmul(b, a).to(w.scalar_type()) * scale;
+        });
+      }
+      out.push_back({module_of(t.weight) + ".lora_A.weight", a, "lora"});
+      out.push_back({module_of(t.weight) + ".lora_B.weight", b, "lora"});
+    }
+    return out;
+  }
+
+  std::string describe() const override {
+    return "lora(r=" + std::to_string(options_.r) + ",alpha=" + std::to_string(options_.alpha) +
+           ",targets=" + boost::algorithm::join(options_.targets, ",") + ")";
+  }
+
+ private:
+  LoraOptions options_;
+};
+
+LoraOptions parse_options(const po::variables_map& vm) {
+  LoraOptions o;
+  o.r = vm["lora.r"].as<int64_t>();
+  o.alpha = vm["lora.alpha"].as<double>();
+  o.targets.clear();
+  boost::split(o.targets, vm["lora.targets"].as<std::string>(), boost::is_any_of(","));
+  if (o.r <= 0) throw_usage_error("--lora.r must be positive, got " + std::to_string(o.r));
+  for (const auto& t : o.targets) {
+    if (!known_targets().count(t)) {
+      throw_usage_error("--lora.targets: unknown target '" + t + "' (known: q, k, v, o, wi, wo)");
+    }
+  }
+  return o;
+}
+
+}  // namespace
+
+void register_lora(Registry& registry) {
+  registry.add({"lora", "LoRA: low-rank updates B·A of the chosen projections",
+                [](po::options_description& desc) {
+                  desc.add_options()
+                      ("lora.r", po::value<int64_t>()->default_value(8), "LoRA rank r")
+                      ("lora.alpha", po::value<double>()->default_value(16.0), "LoRA alpha (scale = alpha / r)")
+                      ("lora.targets", po::value<std::string>()->default_value("q,v"),
+                       "comma-separated projections to adapt: q, k, v, o, wi, wo");
+                },
+                [](const po::variables_map& vm) { return std::make_unique<Lora>(parse_options(vm)); }});
+}
+
+}  // namespace dt::peft

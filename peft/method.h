@@ -1,0 +1,99 @@
+// peft/method.h — a PEFT method: what trains, and where it attaches.
+//
+// Design note (HF PEFT's tuners/<method>/, He et al.'s unified view): each method lives in its own
+// folder with an options struct, its modules and one registration line. A method attaches to a
+// backbone only through the backbone's named hook sites (model/hooks.h), creates its trainable tensors
+// and reports them in a stable registration order — that order is what dist/ buckets and what
+// checkpoints store. `plan()` predicts the same tensors from the config alone, without allocating the
+// model, so `deltatune plan` and the start-up agreement can count them for T5-11B on a laptop.
+// Methods compose: `--method lora+bitfit` attaches both; each sees the backbone already frozen.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <boost/program_options/options_description.hpp>
+#include <boost/program_options/variables_map.hpp>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/backbone.h"
+#include "model/config.h"
+
+namespace dt::peft {
+
+namespace po = boost::program_options;
+
+struct Trainable {
+  std::string name;   // e.g. "model.layers.0.self_attn.q_proj.lora_A.weight"
+  at::Tensor tensor;  // a leaf with requires_grad
+  std::string method;  // the method that created (or unfroze) it
+};
+
+class Method {
+ public:
+  virtual ~Method() = default;
+  virtual std::string name() const = 0;
+  // The tensors attach() will create or unfreeze, from the config alone (shapes and dtypes).
+  virtual std::vector<model::TensorMeta> plan(const model::ModelConfig& config) const = 0;
+  // Creates the trainable tensors (leaves, requires_grad) and registers hooks on `backbone`.
+  // The backbone's own parameters are already frozen.
+  virtual std::vector<Trainable> attach(model::Backbone& backbone) = 0;
+  // Canonical text of the method's options (start-up agreement, checkpoints).
+  virtual std::string describe() const = 0;
+};
+
+struct MethodInfo {
+  std::string name;
+  std::string summary;
+  // Declares the method's own section (--lora.r, ...). Called once for `--help` and parsing.
+  std::function<void(po::options_description&)> add_options;
+  std::function<std::unique_ptr<Method>(const po::variables_map&)> create;
+};
+
+// Registered methods by name; a second registration of a name throws. Built-ins are registered on
+// first use (explicitly: static-initializer registration is dropped by the linker from static libs).
+class Registry {
+ public:
+  static Registry& global();
+  void add(MethodInfo info);
+  const MethodInfo& get(const std::string& name) const;  // UsageError listing the known names
+  std::vector<std::string> names() const;
+  void add_all_options(po::options_description& desc) const;
+
+ private:
+  std::vector<MethodInfo> methods_;
+};
+
+// The classification head a task adds on top of the backbone (always trained, like HF PEFT's
+// modules_to_save): Llama "score.weight", BERT "classifier.{weight,bias}", T5 none (label words).
+std::vector<model::TensorMeta> head_plan(const model::ModelConfig& config, int64_t num_labels);
+
+// The methods of one `--method a+b` string, applied in order.
+class MethodSet {
+ public:
+  static MethodSet from_options(const po::variables_map& vm);  // reads "method" and the sections
+  static MethodSet from_names(const std::string& spec, const po::variables_map& vm);
+
+  // Everything that will train (method tensors then the task head), from the config alone.
+  std::vector<model::TensorMeta> plan(const model::ModelConfig& config, int64_t num_labels) const;
+  // Freezes the backbone, attaches every method, and returns every trainable tensor (task head
+  // included), in registration order. Names are unique (a clash throws).
+  std::vector<Trainable> apply(model::Backbone& backbone) const;
+  std::string describe() const;
+  const std::vector<std::unique_ptr<Method>>& methods() const { return methods_; }
+
+ private:
+  std::vector<std::unique_ptr<Method>> methods_;
+};
+
+// Human accounting line: "trainable params: X || all params: Y || trainable%: Z".
+std::string accounting_line(int64_t trainable, int64_t all);
+
+// Registration functions of the built-in methods (one per folder).
+void register_full(Registry&);
+void register_bitfit(Registry&);
+void register_lora(Registry&);
+
+}  // namespace dt::peft

@@ -1,0 +1,136 @@
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <set>
+#include <sstream>
+
+#include "peft/method.h"
+#include "util/error.h"
+
+namespace dt::peft {
+
+Registry& Registry::global() {
+  static Registry* registry = [] {
+    auto* r = new Registry();
+    register_full(*r);
+    register_bitfit(*r);
+    register_lora(*r);
+    return r;
+  }();
+  return *registry;
+}
+
+void Registry::add(MethodInfo info) {
+  for (const auto& m : methods_) {
+    DT_CHECK(m.name != info.name, "PEFT method '" + info.name + "' is registered twice");
+  }
+  methods_.push_back(std::move(info));
+}
+
+const MethodInfo& Registry::get(const std::string& name) const {
+  for (const auto& m : methods_) {
+    if (m.name == name) return m;
+  }
+  std::string known;
+  for (const auto& m : methods_) known += (known.empty() ? "" : ", ") + m.name;
+  throw_usage_error("unknown --method '" + name + "' (known: " + known + ")");
+}
+
+std::vector<std::string> Registry::names() const {
+  std::vector<std::string> out;
+  for (const auto& m : methods_) out.push_back(m.name);
+  return out;
+}
+
+void Registry::add_all_options(po::options_description& desc) const {
+  for (const auto& m : methods_) {
+    if (m.add_options) m.add_options(desc);
+  }
+}
+
+std::vector<model::TensorMeta> head_plan(const model::ModelConfig& config, int64_t num_labels) {
+  if (num_labels <= 0) return {};
+  switch (config.arch) {
+    case model::Arch::Llama: return {{"score.weight", {num_labels, config.d_model}}};
+    case model::Arch::Bert:
+      return {{"classifier.weight", {num_labels, config.d_model}}, {"classifier.bias", {num_labels}}};
+    case model::Arch::T5: return {};  // classes are label words decoded by the frozen LM head
+  }
+  return {};
+}
+
+namespace {
+bool is_head_parameter(const std::string& name) {
+  return name.rfind("score.", 0) == 0 || name.rfind("classifier.", 0) == 0;
+}
+
+std::vector<std::string> split_plus(const std::string& spec) {
+  std::vector<std::string> parts;
+  std::stringstream in(spec);
+  std::string part;
+  while (std::getline(in, part, '+')) {
+    if (part.empty()) throw_usage_error("--method '" + spec + "': empty method name");
+    parts.push_back(part);
+  }
+  if (parts.empty()) throw_usage_error("--method is empty");
+  return parts;
+}
+}  // namespace
+
+MethodSet MethodSet::from_options(const po::variables_map& vm) {
+  return from_names(vm["method"].as<std::string>(), vm);
+}
+
+MethodSet MethodSet::from_names(const std::string& spec, const po::variables_map& vm) {
+  MethodSet set;
+  std::set<std::string> seen;
+  for (const auto& name : split_plus(spec)) {
+    if (!seen.insert(name).second) throw_usage_error("--method '" + spec + "' names '" + name + "' twice");
+    set.methods_.push_back(Registry::global().get(name).create(vm));
+  }
+  return set;
+}
+
+std::vector<model::TensorMeta> MethodSet::plan(const model::ModelConfig& config, int64_t num_labels) const {
+  std::vector<model::TensorMeta> out;
+  for (const auto& m : methods_) {
+    auto metas = m->plan(config);
+    out.insert(out.end(), metas.begin(), metas.end());
+  }
+  for (auto& meta : head_plan(config, num_labels)) out.push_back(std::move(meta));
+  return out;
+}
+
+std::vector<Trainable> MethodSet::apply(model::Backbone& backbone) const {
+  for (auto& [name, tensor] : backbone.named_parameters()) tensor.requires_grad_(false);
+  std::vector<Trainable> out;
+  std::set<std::string> names;
+  auto add = [&](Trainable t) {
+    DT_CHECK(names.insert(t.name).second,
+             "two methods create or train the same tensor '" + t.name + "' (--method " + describe() + ")");
+    out.push_back(std::move(t));
+  };
+  for (const auto& m : methods_) {
+    for (auto& t : m->attach(backbone)) add(std::move(t));
+  }
+  for (auto& [name, tensor] : backbone.named_parameters()) {
+    if (is_head_parameter(name) && !names.count(name)) {
+      tensor.requires_grad_(true);
+      add(Trainable{name, tensor, "head"});
+    }
+  }
+  return out;
+}
+
+std::string MethodSet::describe() const {
+  std::string out;
+  for (const auto& m : methods_) out += (out.empty() ? "" : "+") + m->describe();
+  return out;
+}
+
+std::string accounting_line(int64_t trainable, int64_t all) {
+  const double pct = all > 0 ? 100.0 * static_cast<double>(trainable) / static_cast<double>(all) : 0.0;
+  return fmt::format("trainable params: {:L} || all params: {:L} || trainable%: {:.4f}", trainable, all, pct);
+}
+
+}  // namespace dt::peft
