@@ -9,6 +9,7 @@
 
 #include <mpi.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -32,6 +33,13 @@ class MpiRuntime {
 
 // A communicator over `comm` (duplicated, so our traffic never matches a user's messages).
 std::unique_ptr<Communicator> make_mpi_communicator(MPI_Comm comm = MPI_COMM_WORLD);
+
+// Runs `fn`, which calls MPI, where that is allowed: on the MPI thread when the library lacks
+// MPI_THREAD_MULTIPLE (or DELTATUNE_MPI_THREAD_SINGLE=1 forces that path), inline otherwise.
+// Code outside comm/ that calls MPI directly (test mains, session set-up) goes through it.
+void mpi_call(const std::function<void()>& fn);
+// Whether MPI calls are being funneled through the MPI thread.
+bool mpi_funneled();
 
 // Throws dt::Error "[rank r host] file:line: MPI_Xxx failed: <MPI error string>".
 void check_mpi(int code, const char* call, const char* file, int line);
