@@ -1,0 +1,102 @@
+// dist/glue.h — the bundled GLUE tasks (SST-2, CoLA, RTE): reading the TSVs, tokenizing, collating.
+//
+// Design note: a split is read and tokenized once, up front, into one flat id buffer with offsets
+// (EncodedDataset); a training step then only gathers rows by index and pads them (collate), so the
+// sampler and the step loop never see text. Files are the GLUE files as distributed (see
+// data/PROVENANCE.md): SST-2 `sentence\tlabel` with a header; CoLA four columns and no header (its dev
+// file lacks a final newline); RTE `index\tsentence1\tsentence2\tlabel` with string labels. Any row
+// that does not fit is a dt::UsageError naming the file and the 1-based line.
+//
+// Three input layouts, one per backbone family (EncodeOptions::style):
+//   decoder  [BOS] a [EOS b] [EOS]     llama-style; BOS/EOS per add_bos/add_eos; pairs are joined by EOS
+//   bert     [CLS] a [SEP] (b [SEP])   CLS = tokenizer bos_id(), SEP = eos_id() (WordPiece)
+//   t5       "<task> sentence: a" EOS, "rte sentence1: a sentence2: b" EOS   (T5 paper's GLUE prefixes)
+// Truncation keeps the special tokens and removes text tokens from the end, longest-first for pairs
+// (one token at a time from the longer side, as Hugging Face's `longest_first`).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/backbone.h"
+#include "model/tokenizer.h"
+
+namespace dt::dist {
+
+struct Example {
+  std::string text_a;
+  std::string text_b;  // empty for single-sentence tasks
+  int64_t label = 0;
+};
+
+enum class MetricKind { Accuracy, Mcc };
+
+struct TaskInfo {
+  std::string name;                     // sst2 | cola | rte (the --task value)
+  std::string dir;                      // folder under the GLUE data dir: SST-2, CoLA, RTE
+  int64_t num_labels = 2;
+  bool pair = false;                    // two sentences per example
+  std::vector<std::string> label_words; // T5 targets, indexed by label id
+  MetricKind metric = MetricKind::Accuracy;  // the task's headline metric (accuracy is always reported)
+};
+
+// Throws dt::UsageError naming the known tasks.
+const TaskInfo& glue_task(const std::string& task);
+std::vector<std::string> glue_task_names();
+
+// Reads <data_dir>/<TaskDir>/<split>.tsv; `data_dir` may also be the task folder itself.
+// split: train | dev. Labels: SST-2 0 negative / 1 positive; CoLA 0 unacceptable / 1 acceptable;
+// RTE 0 entailment / 1 not_entailment (T5's and HF datasets' order). Trailing whitespace of the text
+// is dropped (SST-2 sentences end with a space; tokenizers disagree on what to make of it).
+std::vector<Example> read_glue(const std::string& data_dir, const std::string& task,
+                               const std::string& split);
+
+struct EncodeOptions {
+  int64_t max_len = 128;         // tokens per example, special tokens included
+  bool add_bos = true;           // decoder style only (bert and t5 fix their own specials)
+  bool add_eos = false;          // decoder style only
+  std::string style = "decoder";  // decoder | bert | t5
+  std::string task;              // t5 style: picks the text prefix ("sst2 sentence: ...")
+  // encode_all's threads (0: std::thread::hardware_concurrency()); the tokenizer's encode() is const
+  // and called concurrently. Under mpirun, hardware threads / ranks per node is a fair share.
+  int num_threads = 0;
+};
+
+struct EncodedExample {
+  std::vector<int64_t> ids;
+  int64_t label = 0;
+};
+
+// One example. Throws dt::UsageError for an unknown style, a tokenizer lacking the special token a
+// style needs, or a max_len too small to hold the special tokens.
+EncodedExample encode(const Example& example, const model::Tokenizer& tokenizer,
+                      const EncodeOptions& options);
+
+// A whole split, tokenized: example i is ids[offsets[i] .. offsets[i+1]).
+struct EncodedDataset {
+  std::vector<int64_t> ids;
+  std::vector<int64_t> offsets{0};
+  std::vector<int64_t> labels;
+  int64_t pad_id = 0;
+
+  int64_t size() const { return static_cast<int64_t>(labels.size()); }
+  int64_t length(int64_t i) const { return offsets[i + 1] - offsets[i]; }
+  int64_t max_length() const;
+  int64_t num_tokens() const { return static_cast<int64_t>(ids.size()); }
+};
+
+// Tokenizes every example, in contiguous chunks on options.num_threads threads; the result does not
+// depend on the thread count.
+EncodedDataset encode_all(const std::vector<Example>& examples, const model::Tokenizer& tokenizer,
+                          const EncodeOptions& options);
+
+// Rows `indices` of `data` as a batch: input_ids and attention_mask [B, T] (right-padded with
+// data.pad_id to the longest row of this batch), labels [B] class ids. CPU tensors.
+model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& indices);
+
+// The token ids of each label word followed by EOS (T5 decoder targets), indexed by label id.
+std::vector<std::vector<int64_t>> label_word_ids(const TaskInfo& task,
+                                                 const model::Tokenizer& tokenizer);
+
+}  // namespace dt::dist
