@@ -1,0 +1,143 @@
+// T5 v1.0 and v1.1 against the independent reference of scripts/make_t5_bert_golden.py.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdlib>
+#include <set>
+
+#include "model/config.h"
+#include "model/safetensors.h"
+#include "model/t5.h"
+
+namespace dt::model::testing {
+
+std::string fixture(const std::string& relative) {
+  const char* env = std::getenv("DELTATUNE_SOURCE_DIR");
+  return std::string(env ? env : DT_SOURCE_DIR) + "/tests/fixtures/" + relative;
+}
+
+std::string source_file(const std::string& relative) {
+  const char* env = std::getenv("DELTATUNE_SOURCE_DIR");
+  return std::string(env ? env : DT_SOURCE_DIR) + "/" + relative;
+}
+
+// Copies every parameter of `backbone` from `file` (same name, same shape); task-head parameters
+// (classifier.*) may be absent. Returns the names of the file that the backbone does not have.
+std::set<std::string> load_by_name(Backbone& backbone, const SafetensorsFile& file) {
+  torch::NoGradGuard no_grad;
+  std::set<std::string> unused;
+  for (const auto& e : file.entries()) unused.insert(e.name);
+  for (auto& [name, param] : backbone.named_parameters()) {
+    if (!file.contains(name)) {
+      if (name.rfind("classifier.", 0) == 0) continue;
+      ADD_FAILURE() << file.path() << " lacks " << name;
+      continue;
+    }
+    const at::Tensor t = file.tensor(name);
+    EXPECT_EQ(t.sizes(), param.sizes()) << name;
+    if (t.sizes() == param.sizes()) param.copy_(t);
+    unused.erase(name);
+  }
+  return unused;
+}
+
+double max_abs_err(const at::Tensor& got, const at::Tensor& want) {
+  EXPECT_EQ(got.sizes(), want.sizes());
+  if (got.sizes() != want.sizes()) return 1e30;
+  return (got.detach().to(torch::kDouble) - want.to(torch::kDouble)).abs().max().item<double>();
+}
+
+}  // namespace dt::model::testing
+
+namespace dt::model {
+namespace {
+
+using testing::fixture;
+using testing::load_by_name;
+using testing::max_abs_err;
+
+constexpr double kTol = 1e-4;
+
+class T5Golden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(T5Golden, LmMatchesReference) {
+  const std::string name = GetParam();
+  const ModelConfig config = named_config(name);
+  T5Backbone t5(config, 0);
+  const auto weights = SafetensorsFile::open(fixture("t5/" + name + ".safetensors"));
+  EXPECT_TRUE(load_by_name(t5, weights).empty()) << "the fixture holds tensors T5Backbone lacks";
+  const auto golden = SafetensorsFile::open(fixture("t5/" + name + ".golden.safetensors"));
+
+  Batch batch;
+  batch.input_ids = golden.tensor("input_ids");
+  batch.attention_mask = golden.tensor("attention_mask");
+  batch.labels = golden.tensor("labels");  // the decoder input is these shifted right
+  ForwardOptions options;
+  options.return_hidden_states = true;
+  const ForwardResult r = t5.forward(batch, options);
+
+  ASSERT_EQ(r.hidden_states.size(), static_cast<size_t>(config.num_layers + config.num_decoder_layers));
+  for (int64_t i = 0; i < config.num_layers; ++i) {
+    const double err = max_abs_err(r.hidden_states[i], golden.tensor("encoder.hidden." + std::to_string(i)));
+    std::printf("%s encoder.hidden.%ld max abs err %.3g\n", name.c_str(), static_cast<long>(i), err);
+    EXPECT_LT(err, kTol);
+  }
+  for (int64_t i = 0; i < config.num_decoder_layers; ++i) {
+    const double err = max_abs_err(r.hidden_states[config.num_layers + i],
+                                   golden.tensor("decoder.hidden." + std::to_string(i)));
+    std::printf("%s decoder.hidden.%ld max abs err %.3g\n", name.c_str(), static_cast<long>(i), err);
+    EXPECT_LT(err, kTol);
+  }
+  const double logits_err = max_abs_err(r.logits, golden.tensor("logits"));
+  const double loss_err = max_abs_err(r.loss, golden.tensor("loss"));
+  std::printf("%s logits max abs err %.3g, loss %.6f err %.3g\n", name.c_str(), logits_err, r.loss.item<double>(),
+              loss_err);
+  EXPECT_LT(logits_err, kTol);
+  EXPECT_LT(loss_err, kTol);
+}
+
+// Classification the T5 way: one decoder step from the start token, logits at the label words.
+TEST_P(T5Golden, LabelWordsAreTheFirstDecoderStep) {
+  const std::string name = GetParam();
+  T5Backbone t5(named_config(name), 3);
+  load_by_name(t5, SafetensorsFile::open(fixture("t5/" + name + ".safetensors")));
+  const auto golden = SafetensorsFile::open(fixture("t5/" + name + ".golden.safetensors"));
+  const std::vector<int64_t> words = {7, 30, 12};
+  t5.set_label_token_ids(words);
+  Batch batch;
+  batch.input_ids = golden.tensor("input_ids");
+  batch.attention_mask = golden.tensor("attention_mask");
+  batch.labels = torch::tensor({2, 0}, torch::kLong);
+  const ForwardResult r = t5.forward(batch);
+  // The reference decoder input starts with the start token, and step 0 sees only that token.
+  const at::Tensor step0 = golden.tensor("logits").select(1, 0);
+  const at::Tensor word_ids = torch::tensor(words, torch::kLong);
+  EXPECT_LT(max_abs_err(r.logits, step0.index_select(1, word_ids)), kTol);
+  const at::Tensor want_loss = torch::cross_entropy_loss(step0, torch::tensor({12, 7}, torch::kLong));
+  EXPECT_LT(max_abs_err(r.loss, want_loss), kTol);
+}
+
+TEST_P(T5Golden, ClassifierHeadOnPooledEncoder) {
+  const std::string name = GetParam();
+  T5Backbone t5(named_config(name), 3, T5Head::Classifier);
+  const auto golden = SafetensorsFile::open(fixture("t5/" + name + ".golden.safetensors"));
+  load_by_name(t5, SafetensorsFile::open(fixture("t5/" + name + ".safetensors")));
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [pname, p] : t5.named_parameters()) {
+      if (pname.rfind("classifier.", 0) == 0) p.copy_(golden.tensor("head." + pname));
+    }
+  }
+  Batch batch;
+  batch.input_ids = golden.tensor("input_ids");
+  batch.attention_mask = golden.tensor("attention_mask");
+  const ForwardResult r = t5.forward(batch);
+  const double err = max_abs_err(r.logits, golden.tensor("head.logits"));
+  std::printf("%s classifier logits max abs err %.3g\n", name.c_str(), err);
+  EXPECT_LT(err, kTol);
+}
+
+INSTANTIATE_TEST_SUITE_P(Tiny, T5Golden, ::testing::Values("tiny-t5", "tiny-t5-v1_1"));
+
+}  // namespace
+}  // namespace dt::model
