@@ -50,7 +50,7 @@ TEST(MetricsDist, GatheredEqualsSingleProcessOnCoLADev) {
   EXPECT_EQ(m.count, 1043);  // no example counted twice, none missed
   EXPECT_EQ(m.accuracy, ref.accuracy);
   EXPECT_EQ(m.mcc, ref.mcc);
-  EXPECT_GT(m.mcc, 0.3);
+  EXPECT_GT(m.mcc, 0.1);  // neither degenerate nor perfect: the comparison above means something
   EXPECT_LT(m.mcc, 0.9);
 }
 
