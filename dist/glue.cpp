@@ -362,4 +362,17 @@ std::vector<std::vector<int64_t>> label_word_ids(const TaskInfo& task,
   return out;
 }
 
+std::vector<int64_t> label_first_token_ids(const TaskInfo& task, const model::Tokenizer& tokenizer) {
+  std::vector<int64_t> first;
+  for (const auto& ids : label_word_ids(task, tokenizer)) {
+    DT_CHECK(ids.size() > 1, "label word of task " + task.name + " encodes to no token");
+    for (size_t c = 0; c < first.size(); ++c)
+      DT_CHECK(first[c] != ids[0], "label words '" + task.label_words[c] + "' and '" +
+                                       task.label_words[first.size()] +
+                                       "' start with the same token " + std::to_string(ids[0]));
+    first.push_back(ids[0]);
+  }
+  return first;
+}
+
 }  // namespace dt::dist

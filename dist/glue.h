@@ -98,5 +98,8 @@ model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& ind
 // The token ids of each label word followed by EOS (T5 decoder targets), indexed by label id.
 std::vector<std::vector<int64_t>> label_word_ids(const TaskInfo& task,
                                                  const model::Tokenizer& tokenizer);
+// The first token of each label word (what T5Backbone::set_label_token_ids takes); throws dt::Error
+// if two label words start with the same token, since they could not be told apart in one step.
+std::vector<int64_t> label_first_token_ids(const TaskInfo& task, const model::Tokenizer& tokenizer);
 
 }  // namespace dt::dist

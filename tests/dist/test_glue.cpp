@@ -116,6 +116,11 @@ TEST(GlueTasks, InfoAndLabelWords) {
   ByteTokenizer tok;
   const auto ids = label_word_ids(glue_task("sst2"), tok);
   EXPECT_EQ(ids[0], cat({bytes("negative"), {2}}));
+  EXPECT_EQ(label_first_token_ids(glue_task("sst2"), tok), (std::vector<int64_t>{'n' + 3, 'p' + 3}));
+  // "entailment" / "not_entailment" differ in their first byte, but a task whose words share one fails.
+  TaskInfo same = glue_task("sst2");
+  same.label_words = {"pos", "positive"};
+  EXPECT_THROW(label_first_token_ids(same, tok), Error);
 }
 
 // ---- errors ------------------------------------------------------------------------------------

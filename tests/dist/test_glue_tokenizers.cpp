@@ -78,6 +78,13 @@ TEST(GlueTokenizers, T5StyleEqualsEncodingTheJoinedText) {
   EXPECT_EQ(tok->decode(first.ids).rfind("rte sentence1: Dana Reeve", 0), 0u) << tok->decode(first.ids);
   const auto words = label_word_ids(glue_task("rte"), *tok);
   EXPECT_EQ(tok->decode(words[1]), "not_entailment");
+  // The one-step T5 head tells the classes apart by the label words' first tokens.
+  for (const auto& task : glue_task_names()) {
+    const auto first = label_first_token_ids(glue_task(task), *tok);
+    ASSERT_EQ(first.size(), 2u);
+    EXPECT_NE(first[0], first[1]) << task;
+    EXPECT_EQ(first[0], label_word_ids(glue_task(task), *tok)[0][0]);
+  }
 }
 
 TEST(GlueTokenizers, BertStyleWithTheWordPieceVocab) {
