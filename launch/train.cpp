@@ -1,14 +1,305 @@
-// launch/train.cpp — `deltatune train` (not filled in yet: issue 5).
+// launch/train.cpp — `deltatune train`: the data-parallel fine-tuning loop.
+//
+// Design note (after llm.c's train_gpt2): one flat loop with visible sections — set-up, data, model +
+// method, start-up agreement, then per step: forward, backward + sync, step, log, eval. Every rank
+// runs the same code on its shard of the data; the only traffic of a step is GradSync's bucketed
+// all-reduce of the method's trainable tensors (plus one float: the loss shown in the log), so the
+// bytes on the wire are the trainable bytes whatever the method.
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "dist/agreement.h"
+#include "dist/glue.h"
+#include "dist/grad_sync.h"
+#include "dist/metrics.h"
+#include "dist/optim.h"
+#include "dist/sampler.h"
 #include "launch/cli.h"
+#include "launch/session.h"
+#include "model/load.h"
+#include "model/t5.h"
+#include "model/tokenizer.h"
+#include "peft/method.h"
+#include "util/error.h"
+#include "util/log.h"
 
 namespace dt::launch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+void add_train_only_options(po::options_description& desc) {
+  desc.add_options()
+      ("train.max-len", po::value<int64_t>()->default_value(64), "tokens per example (longer ones are truncated)")
+      ("train.eval-batch-size", po::value<int64_t>()->default_value(64), "examples per rank per evaluation batch")
+      ("train.eval-max", po::value<int64_t>()->default_value(0), "evaluate on the first N dev examples (0: all)")
+      ("train.optimizer", po::value<std::string>()->default_value("adamw"), "adamw | adafactor")
+      ("train.weight-decay", po::value<double>()->default_value(0.0), "decoupled weight decay")
+      ("train.schedule", po::value<std::string>()->default_value("linear"), "linear | cosine | constant (after warmup)")
+      ("train.warmup-steps", po::value<int64_t>()->default_value(0), "linear warmup steps")
+      ("train.clip", po::value<double>()->default_value(1.0), "clip the global gradient L2 norm (0: off)")
+      ("dist.check-finite", po::bool_switch(), "check gradients for NaN/Inf before all-reduce (names rank and tensor)");
+}
+
+// How examples become token ids for each architecture.
+dist::EncodeOptions encode_options(const model::ModelConfig& config, const std::string& task, int64_t max_len) {
+  dist::EncodeOptions o;
+  o.max_len = max_len;
+  o.task = task;
+  switch (config.arch) {
+    case model::Arch::Llama: o.style = "decoder"; o.add_bos = true; break;
+    case model::Arch::Bert: o.style = "bert"; break;
+    case model::Arch::T5: o.style = "t5"; break;
+  }
+  return o;
+}
+
+struct Evaluation {
+  dist::EvalMetrics metrics;
+  double seconds = 0;
+};
+
+// Every rank evaluates its exact shard of the dev set (no padding, no double counting); the
+// confusion counts are summed across ranks.
+Evaluation evaluate(model::Backbone& backbone, const dist::EncodedDataset& dev, int64_t num_labels,
+                    int64_t batch_size, comm::Communicator& comm) {
+  const auto start = Clock::now();
+  torch::NoGradGuard no_grad;
+  backbone.set_training(false);
+  const auto shard = dist::shard_indices(dev.size(), comm.rank(), comm.size());
+  dist::Confusion confusion(num_labels);
+  for (size_t begin = 0; begin < shard.size(); begin += batch_size) {
+    const std::vector<int64_t> idx(shard.begin() + begin,
+                                   shard.begin() + std::min(shard.size(), begin + batch_size));
+    model::Batch batch = dist::collate(dev, idx);
+    const auto out = backbone.forward(batch);
+    confusion.add(batch.labels, out.logits.argmax(-1));
+  }
+  backbone.set_training(true);
+  return {dist::gather_metrics(confusion, comm), seconds_since(start)};
+}
+
+std::string shapes_text(const std::vector<peft::Trainable>& trainables) {
+  std::string out;
+  for (const auto& t : trainables) {
+    out += t.name + ":";
+    for (auto s : t.tensor.sizes()) out += std::to_string(s) + ",";
+    out += std::string(c10::toString(t.tensor.scalar_type())) + ";";
+  }
+  return out;
+}
+
+int run_train(const po::variables_map& vm) {
+  // ---- set-up: ranks, threads, the resolved config printed once --------------------------------
+  for (const char* unsupported : {"out", "resume"}) {
+    if (vm.count(unsupported)) {
+      throw_usage_error(std::string("deltatune train --") + unsupported +
+                        ": checkpointing is not implemented yet (tracked in issue 8)");
+    }
+  }
+  SessionOptions session_options;
+  session_options.backend = vm["dist.backend"].as<std::string>();
+  session_options.log_all_ranks = vm["log-all-ranks"].as<bool>();
+  session_options.threads = vm["threads"].as<int>();
+  Session session(session_options);
+  comm::Communicator& comm = session.comm();
+  const int rank = comm.rank(), world = comm.size();
+
+  po::options_description desc;
+  train_subcommand().add_options(desc);
+  const std::string resolved_config = render_config(desc, vm);
+  log::info("deltatune train: {} ranks, backend {}, {} torch thread(s) per rank", world, comm.backend_name(),
+            session.threads());
+  log::info("resolved config:\n{}", resolved_config);
+
+  const auto seed = vm["train.seed"].as<uint64_t>();
+  const auto steps = vm["train.steps"].as<int64_t>();
+  const auto batch_size = vm["train.batch-size"].as<int64_t>();
+  const auto accum = vm["train.accum"].as<int64_t>();
+  const auto eval_every = vm["train.eval-every"].as<int64_t>();
+  if (steps <= 0 || batch_size <= 0 || accum <= 0) {
+    throw_usage_error("--train.steps, --train.batch-size and --train.accum must be positive");
+  }
+
+  // ---- model + method ------------------------------------------------------------------------------
+  const dist::TaskInfo& task = dist::glue_task(vm["task"].as<std::string>());
+  torch::manual_seed(seed);  // the same initial trainable values on every rank (checked below)
+  auto backbone = model::load_backbone(vm["model"].as<std::string>(), task.num_labels);
+  const model::ModelConfig& config = backbone->config();
+  auto tokenizer = model::load_tokenizer(vm["tokenizer"].as<std::string>());
+  if (config.arch == model::Arch::T5) {
+    std::vector<int64_t> first_tokens;
+    for (const auto& ids : dist::label_word_ids(task, *tokenizer)) first_tokens.push_back(ids.at(0));
+    dynamic_cast<model::T5Backbone&>(*backbone).set_label_token_ids(first_tokens);
+  }
+  const peft::MethodSet methods = peft::MethodSet::from_options(vm);
+  const std::vector<peft::Trainable> trainables = methods.apply(*backbone);
+  int64_t trainable_params = 0, backbone_params = 0;
+  for (const auto& t : trainables) trainable_params += t.tensor.numel();
+  std::vector<at::Tensor> frozen;
+  for (const auto& [name, tensor] : backbone->named_parameters()) {
+    backbone_params += tensor.numel();
+    if (!tensor.requires_grad()) frozen.push_back(tensor);
+  }
+  // "all params" counts the backbone and every tensor a method added (as HF PEFT counts them).
+  int64_t added_params = 0;
+  for (const auto& t : trainables) {
+    bool in_backbone = false;
+    for (const auto& [name, tensor] : backbone->named_parameters()) in_backbone |= name == t.name;
+    if (!in_backbone) added_params += t.tensor.numel();
+  }
+  log::info("{}", peft::accounting_line(trainable_params, backbone_params + added_params));
+  {
+    std::map<std::string, int64_t> per_method;
+    for (const auto& t : trainables) per_method[t.method] += t.tensor.numel();
+    for (const auto& [method, n] : per_method) log::info("  {}: {} trainable", method, n);
+  }
+
+  // ---- start-up agreement: same config, backbone, trainable set and initial values everywhere -----
+  std::vector<at::Tensor> trainable_tensors;
+  dist::NamedTensors named_trainables;
+  for (const auto& t : trainables) {
+    trainable_tensors.push_back(t.tensor);
+    named_trainables.emplace_back(t.name, t.tensor);
+  }
+  dist::agree_or_throw(session.cpu_comm(),
+                       {{"config", resolved_config},
+                        {"backbone", config.name + ":" + dist::hash_hex(dist::hash_tensors(frozen))},
+                        {"method", methods.describe()},
+                        {"trainable tensors", shapes_text(trainables)},
+                        {"initial trainable values", dist::hash_hex(dist::hash_tensors(trainable_tensors))}});
+
+  // ---- data: every rank reads and tokenizes; the sampler gives each its shard ----------------------
+  auto t0 = Clock::now();
+  const auto encode = encode_options(config, task.name, vm["train.max-len"].as<int64_t>());
+  const auto data_dir = vm["data"].as<std::string>();
+  const dist::EncodedDataset train_data = dist::encode_all(dist::read_glue(data_dir, task.name, "train"), *tokenizer, encode);
+  auto dev_examples = dist::read_glue(data_dir, task.name, "dev");
+  if (const auto max = vm["train.eval-max"].as<int64_t>(); max > 0 && max < static_cast<int64_t>(dev_examples.size())) {
+    dev_examples.resize(max);
+  }
+  const dist::EncodedDataset dev_data = dist::encode_all(dev_examples, *tokenizer, encode);
+  log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", train_data.size(), dev_data.size(),
+            task.name, seconds_since(t0));
+  dist::SamplerOptions sampler_options;
+  sampler_options.seed = seed;
+  dist::DistributedSampler sampler(train_data.size(), rank, world, sampler_options);
+
+  // ---- GradSync + optimizer --------------------------------------------------------------------------
+  dist::GradSyncOptions sync_options;
+  sync_options.bucket_cap_mb = vm["dist.bucket-mb"].as<double>();
+  sync_options.compress = dist::parse_compression(vm["dist.compress"].as<std::string>());
+  sync_options.check_finite = vm["dist.check-finite"].as<bool>();
+  dist::GradSync grad_sync(comm, named_trainables, sync_options);
+  log::info("gradsync: {} bucket(s), {} bytes of gradients per step", grad_sync.buckets().size(), grad_sync.grad_bytes());
+  dist::OptimizerOptions optimizer_options;
+  optimizer_options.name = vm["train.optimizer"].as<std::string>();
+  optimizer_options.adamw.weight_decay = vm["train.weight-decay"].as<double>();
+  optimizer_options.adafactor.weight_decay = optimizer_options.adamw.weight_decay;
+  auto optimizer = dist::make_optimizer(named_trainables, optimizer_options);
+  dist::LrSchedule schedule;
+  schedule.kind = dist::parse_lr_schedule(vm["train.schedule"].as<std::string>());
+  schedule.base_lr = vm["train.lr"].as<double>();
+  schedule.warmup_steps = vm["train.warmup-steps"].as<int64_t>();
+  schedule.total_steps = steps;
+  const double clip = vm["train.clip"].as<double>();
+
+  std::ofstream metrics;
+  if (vm.count("metrics") && rank == 0) {
+    metrics.open(vm["metrics"].as<std::string>(), std::ios::app);
+    if (!metrics) throw_usage_error("--metrics: cannot write '" + vm["metrics"].as<std::string>() + "'");
+  }
+  auto write_metrics = [&](const nlohmann::json& j) {
+    if (metrics.is_open()) metrics << j.dump() << "\n" << std::flush;
+  };
+  // A bar only for a person at a terminal: mpirun gives ranks a pty for stdout but a pipe for stderr,
+  // so under a launcher (and in batch logs) plain lines are written instead.
+  const bool progress_bar = rank == 0 && isatty(STDOUT_FILENO) && isatty(STDERR_FILENO);
+  const int64_t eval_batch = vm["train.eval-batch-size"].as<int64_t>();
+
+  // ---- the loop ---------------------------------------------------------------------------------
+  backbone->set_training(true);
+  double last_loss = 0;
+  for (int64_t step = 1; step <= steps; ++step) {
+    const auto step_start = Clock::now();
+    // forward + backward; GradSync all-reduces buckets as their gradients become ready, on the last
+    // micro-step only (earlier ones accumulate locally).
+    double loss_sum = 0;
+    for (int64_t micro = 0; micro < accum; ++micro) {
+      model::Batch batch = dist::collate(train_data, sampler.next_batch(batch_size));
+      grad_sync.set_sync(micro == accum - 1);
+      auto out = backbone->forward(batch);
+      auto loss = out.loss / static_cast<double>(accum);
+      loss.backward();
+      loss_sum += loss.item<double>();
+    }
+    grad_sync.finish();
+    const dist::GradSyncStats stats = grad_sync.last_stats();
+
+    // step: gradients are identical on every rank now, so clipping needs no communication.
+    const double grad_norm = clip > 0 ? dist::clip_grad_norm(named_trainables, clip) : 0.0;
+    const double lr = schedule.lr(step - 1);  // HF's convention: steps already taken
+    optimizer->step(lr);
+    grad_sync.zero_grad();
+
+    // log: the loss averaged over ranks (one float; not counted in bytes_allreduced).
+    at::Tensor loss_all = at::full({1}, loss_sum, at::kDouble);
+    session.cpu_comm().all_reduce(loss_all, {comm::ReduceOp::Average})->wait();
+    last_loss = loss_all.item<double>();
+    const double step_time = seconds_since(step_start);
+    write_metrics({{"step", step}, {"loss", last_loss}, {"lr", lr}, {"step_time_s", step_time},
+                   {"bytes_allreduced", stats.bytes}, {"collectives", stats.collectives},
+                   {"exposed_comm_s", stats.exposed_comm_s}, {"grad_norm", grad_norm}});
+    if (progress_bar) {
+      const int width = 30, done = static_cast<int>(width * step / steps);
+      std::printf("\r[%.*s%*s] step %lld/%lld loss %.4f lr %.2e %.0f ms", done,
+                  "==============================", width - done, "", static_cast<long long>(step),
+                  static_cast<long long>(steps), last_loss, lr, step_time * 1e3);
+      std::fflush(stdout);
+    } else {
+      log::info("step {:5d}/{} | loss {:.6f} | lr {:.3e} | {:.1f} ms | allreduced {} B in {} collective(s), "
+                "exposed {:.2f} ms", step, steps, last_loss, lr, step_time * 1e3, stats.bytes, stats.collectives,
+                stats.exposed_comm_s * 1e3);
+    }
+
+    // eval at intervals and at the end.
+    if ((eval_every > 0 && step % eval_every == 0) || step == steps) {
+      const Evaluation e = evaluate(*backbone, dev_data, task.num_labels, eval_batch, session.cpu_comm());
+      if (progress_bar) std::printf("\n");
+      nlohmann::json j = {{"step", step}, {"eval_accuracy", e.metrics.accuracy}, {"eval_count", e.metrics.count}};
+      if (task.metric == dist::MetricKind::Mcc) j["eval_mcc"] = e.metrics.mcc;
+      write_metrics(j);
+      log::info("eval step {}: dev accuracy {:.4f}{} on {} examples ({:.1f} s)", step, e.metrics.accuracy,
+                task.metric == dist::MetricKind::Mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "",
+                e.metrics.count, e.seconds);
+    }
+  }
+  log::info("done: final loss {:.6f}", last_loss);
+  return 0;
+}
+
+}  // namespace
 
 Subcommand train_subcommand() {
   Subcommand sub;
   sub.name = "train";
-  sub.summary = "(not implemented yet, issue 5)";
-  sub.add_options = [](po::options_description& desc) { add_common_options(desc); };
-  sub.run = [](const po::variables_map&) { return not_implemented("train", "5"); };
+  sub.summary = "data-parallel fine-tuning (under mpirun/srun, or as one process)";
+  sub.add_options = [](po::options_description& desc) {
+    add_common_options(desc);
+    add_model_options(desc);
+    add_method_options(desc);
+    add_train_options(desc);
+    add_dist_options(desc);
+    add_checkpoint_options(desc);
+    add_train_only_options(desc);
+  };
+  sub.run = run_train;
   return sub;
 }
 
