@@ -196,6 +196,10 @@ TEST(GradSync, EqualsSingleProcessGradientOfWholeBatch) {
     ref_opt.step();
     EXPECT_LE(param_rel_error(mlp, ref), 1e-6);
     EXPECT_EQ(sync.grad_copies(), 0u);
+    // The in-place path: after backward + step, every .grad() still lives in its bucket.
+    for (const Bucket& b : sync.buckets())
+      for (size_t s = 0; s < b.params.size(); ++s)
+        EXPECT_TRUE(inside(mlp->parameters()[b.params[s]].grad(), b.buffer));
   }
 }
 
