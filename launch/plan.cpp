@@ -1,14 +1,246 @@
-// launch/plan.cpp — `deltatune plan` (not filled in yet: issue 4).
+// launch/plan.cpp — `deltatune plan`: parameter, trainable, bytes-per-step and checkpoint accounting
+// without allocating the model.
+//
+// Design note: everything comes from the meta description (model::describe) and the methods' plan()
+// (peft::MethodSet), i.e. names, shapes and dtypes only, so `plan --model t5-11b` runs in a few MB.
+// A weights file is read for its header only: a llama2.c `.bin` for its 7 int32, a `.safetensors`
+// for its JSON header (the data section is mapped, never touched).
+//   total_params             the backbone's parameters (the published count; no task head)
+//   trainable_params/_bytes  what the methods create or unfreeze, task head included
+//   eligible_params          the pool a sparse method chooses from (the backbone, for now)
+//   bytes_per_step_per_rank  ring all-reduce payload per rank: 2 (n - 1) / n x trainable bytes
+//   checkpoint_bytes         a checkpoint holds the trainable tensors only
+#include <c10/core/ScalarType.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <iostream>
+#include <map>
+
 #include "launch/cli.h"
+#include "model/config.h"
+#include "model/llama2c.h"
+#include "model/safetensors.h"
+#include "peft/method.h"
+#include "util/error.h"
 
 namespace dt::launch {
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// The config of a llama2.c checkpoint from its 28-byte header (the size is checked, nothing else read).
+model::ModelConfig llama2c_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UsageError("cannot read model file '" + path + "'");
+  int32_t h[7];
+  if (!in.read(reinterpret_cast<char*>(h), sizeof(h))) throw UsageError(path + ": shorter than a llama2.c header");
+  model::Llama2cHeader header;
+  header.dim = h[0], header.hidden_dim = h[1], header.n_layers = h[2], header.n_heads = h[3];
+  header.n_kv_heads = h[4], header.vocab_size = h[5] < 0 ? -h[5] : h[5], header.seq_len = h[6];
+  header.shared_classifier = h[5] > 0;
+  for (int32_t v : h) {
+    if (v == 0) throw UsageError(path + ": not a llama2.c checkpoint (a zero in its header)");
+  }
+  if (header.dim <= 0 || header.n_heads <= 0 || header.n_kv_heads <= 0 || header.dim % header.n_heads != 0) {
+    throw UsageError(path + ": not a llama2.c checkpoint (header " + std::to_string(h[0]) + " " +
+                     std::to_string(h[3]) + " " + std::to_string(h[4]) + ")");
+  }
+  in.seekg(0, std::ios::end);
+  const int64_t size = static_cast<int64_t>(in.tellg());
+  if (size != model::llama2c_file_size(header)) {
+    throw UsageError(path + ": " + std::to_string(size) + " bytes, but its header implies " +
+                     std::to_string(model::llama2c_file_size(header)));
+  }
+  model::ModelConfig c;
+  c.name = path;
+  c.arch = model::Arch::Llama;
+  c.vocab_size = header.vocab_size;
+  c.d_model = header.dim;
+  c.d_ff = header.hidden_dim;
+  c.num_heads = header.n_heads;
+  c.num_kv_heads = header.n_kv_heads;
+  c.d_kv = header.dim / header.n_heads;
+  c.num_layers = header.n_layers;
+  c.gated_ffn = true;
+  c.activation = "silu";
+  c.tie_word_embeddings = header.shared_classifier;
+  c.max_seq_len = header.seq_len;
+  c.norm_eps = 1e-5;
+  return c;
+}
+
+// "encoder.block.3.layer.0.SelfAttention.q.weight" -> "encoder.block.*.layer.0.SelfAttention.q": one
+// row per kind of tensor, whatever the depth.
+std::string group_of(const std::string& name) {
+  std::string out;
+  size_t start = 0;
+  while (start <= name.size()) {
+    size_t dot = name.find('.', start);
+    if (dot == std::string::npos) dot = name.size();
+    const std::string part = name.substr(start, dot - start);
+    const bool index = !part.empty() && part.find_first_not_of("0123456789") == std::string::npos;
+    // Keep the layer index of "layer.0" inside a T5 block: it names the sublayer, not the depth.
+    const bool sublayer = index && out.size() >= 6 && out.compare(out.size() - 6, 6, "layer.") == 0 &&
+                          out.find(".block.") != std::string::npos;
+    out += (index && !sublayer) ? "*" : part;
+    if (dot < name.size()) out += '.';
+    start = dot + 1;
+  }
+  const auto last = out.rfind('.');
+  return last == std::string::npos ? out : out.substr(0, last);
+}
+
+int64_t bytes_of(const std::vector<model::TensorMeta>& metas) {
+  int64_t bytes = 0;
+  for (const auto& m : metas) bytes += m.numel() * static_cast<int64_t>(c10::elementSize(m.dtype));
+  return bytes;
+}
+
+std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0 && digits[0] != '-') out += ',';
+    out += digits[i];
+  }
+  return out;
+}
+
+std::string human_bytes(int64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024.0 && u < 4) v /= 1024.0, ++u;
+  return fmt::format("{:.2f} {}", v, units[u]);
+}
+
+// "float32", "bfloat16", ... (the names torch users read).
+std::string dtype_name(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::ScalarType::Float: return "float32";
+    case c10::ScalarType::Half: return "float16";
+    case c10::ScalarType::BFloat16: return "bfloat16";
+    case c10::ScalarType::Double: return "float64";
+    case c10::ScalarType::Long: return "int64";
+    case c10::ScalarType::Int: return "int32";
+    default: return c10::toString(dtype);
+  }
+}
+
+const char* arch_name(model::Arch arch) {
+  switch (arch) {
+    case model::Arch::T5: return "t5";
+    case model::Arch::Bert: return "bert";
+    case model::Arch::Llama: return "llama";
+  }
+  return "?";
+}
+
+// Every GLUE task deltatune trains is binary (SST-2, CoLA, RTE).
+int64_t task_labels(const std::string& task) {
+  if (task == "sst2" || task == "cola" || task == "rte") return 2;
+  throw UsageError("--task '" + task + "': unknown (sst2 | cola | rte)");
+}
+
+int run_plan(const po::variables_map& vm) {
+  const std::string model_arg = vm["model"].as<std::string>();
+  const int64_t world = vm["world-size"].as<int64_t>();
+  if (world < 1) throw UsageError("--world-size must be >= 1, got " + std::to_string(world));
+  const int64_t num_labels = task_labels(vm["task"].as<std::string>());
+  const auto methods = peft::MethodSet::from_options(vm);
+
+  // ---- the model's tensors, from a config or a file header
+  std::vector<model::TensorMeta> metas, trainable;
+  std::string arch = "?";
+  if (ends_with(model_arg, ".safetensors")) {
+    const auto file = model::SafetensorsFile::open(model_arg);
+    for (const auto& e : file.entries()) metas.push_back({e.name, e.shape, e.dtype});
+    if (methods.describe() != "full") {
+      throw UsageError("plan " + model_arg + ": a safetensors file is planned for --method full only; give the "
+                       "named config (--model t5-base, ...) to plan --method " + methods.describe());
+    }
+    trainable = metas;
+  } else {
+    const model::ModelConfig config =
+        ends_with(model_arg, ".bin") ? llama2c_config(model_arg) : model::named_config(model_arg);
+    metas = model::describe(config);
+    trainable = methods.plan(config, num_labels);
+    arch = arch_name(config.arch);
+  }
+
+  const int64_t total = model::total_params(metas);
+  const int64_t trainable_params = model::total_params(trainable);
+  const int64_t trainable_bytes = bytes_of(trainable);
+  const int64_t per_step = world > 1 ? 2 * (world - 1) * trainable_bytes / world : 0;
+  std::map<std::string, int64_t> dtype_bytes;
+  for (const auto& m : metas) dtype_bytes[dtype_name(m.dtype)] += m.numel() * c10::elementSize(m.dtype);
+
+  if (vm["json"].as<bool>()) {
+    nlohmann::json j;
+    j["model"] = model_arg;
+    j["arch"] = arch;
+    j["method"] = methods.describe();
+    j["world_size"] = world;
+    j["total_params"] = total;
+    j["total_bytes"] = bytes_of(metas);
+    j["trainable_params"] = trainable_params;
+    j["trainable_bytes"] = trainable_bytes;
+    j["eligible_params"] = total;
+    j["bytes_per_step_per_rank"] = per_step;
+    j["checkpoint_bytes"] = trainable_bytes;
+    j["dtype_bytes"] = dtype_bytes;
+    j["tensors"] = metas.size();
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+
+  // ---- human summary: one row per kind of tensor
+  std::vector<std::string> order;
+  std::map<std::string, std::pair<int64_t, int64_t>> groups;  // tensors, params
+  for (const auto& m : metas) {
+    const std::string g = group_of(m.name);
+    if (!groups.count(g)) order.push_back(g);
+    groups[g].first += 1;
+    groups[g].second += m.numel();
+  }
+  size_t width = 8;
+  for (const auto& g : order) width = std::max(width, g.size());
+  std::cout << fmt::format("model {} ({}), {} tensors\n", model_arg, arch, metas.size());
+  std::cout << fmt::format("{:<{}} {:>7} {:>16} {:>7}\n", "# group", width, "tensors", "params", "%");
+  for (const auto& g : order) {
+    const auto [n, p] = groups[g];
+    std::cout << fmt::format("{:<{}} {:>7} {:>16} {:>6.2f}%\n", g, width, n, with_commas(p), 100.0 * p / total);
+  }
+  std::cout << fmt::format("total params: {}", with_commas(total));
+  for (const auto& [dtype, bytes] : dtype_bytes) std::cout << fmt::format(" ({}: {})", dtype, human_bytes(bytes));
+  std::cout << "\n"
+            << peft::accounting_line(trainable_params, total) << "  [--method " << methods.describe() << "]\n"
+            << fmt::format("trainable bytes: {} | checkpoint: {} | all-reduce per step per rank (n={}): {}\n",
+                           human_bytes(trainable_bytes), human_bytes(trainable_bytes), world, human_bytes(per_step));
+  return 0;
+}
+
+}  // namespace
 
 Subcommand plan_subcommand() {
   Subcommand sub;
   sub.name = "plan";
-  sub.summary = "(not implemented yet, issue 4)";
-  sub.add_options = [](po::options_description& desc) { add_common_options(desc); };
-  sub.run = [](const po::variables_map&) { return not_implemented("plan", "4"); };
+  sub.summary = "parameter, trainable, bytes-per-step and checkpoint accounting without allocating the model";
+  sub.add_options = [](po::options_description& desc) {
+    add_common_options(desc);
+    add_model_options(desc);
+    add_method_options(desc);
+    desc.add_options()
+        ("json", po::bool_switch(), "print one JSON object instead of the table")
+        ("world-size", po::value<int64_t>()->default_value(2), "ranks the all-reduce volume is computed for");
+  };
+  sub.run = run_plan;
   return sub;
 }
 
