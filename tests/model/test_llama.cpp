@@ -235,3 +235,59 @@ TEST(Llama, PermuteRotaryRowsMatchesHfConvert) {
 
 }  // namespace
 }  // namespace dt::model
+
+namespace dt::model {
+namespace {
+
+// Saving a backbone's parameters with config_metadata() and loading the file back reproduces it:
+// the path `export` takes, for each architecture's factory.
+TEST(LoadBackbone, SavedParametersWithConfigMetadataLoadBack) {
+  for (const std::string name : {"tiny-llama", "tiny-t5", "tiny-t5-v1_1", "tiny-bert"}) {
+    at::manual_seed(9);
+    auto original = load_backbone(name, 0);
+    const std::string path = testing::scratch(name + ".safetensors");
+    auto params = original->named_parameters();
+    if (original->config().arch == Arch::Bert) {
+      // HF's BertForSequenceClassification layout: "bert." prefix and pretraining heads.
+      for (auto& [n, t] : params) n = "bert." + n;
+      params.emplace_back("cls.predictions.bias", at::zeros({64}));
+    }
+    save_safetensors(path, params, config_metadata(original->config()));
+    auto loaded = load_backbone(path, 0);
+    EXPECT_EQ(loaded->config().arch, original->config().arch) << name;
+    EXPECT_EQ(loaded->config().gated_ffn, original->config().gated_ffn) << name;
+    EXPECT_EQ(loaded->config().tie_word_embeddings, original->config().tie_word_embeddings) << name;
+    EXPECT_EQ(loaded->config().num_decoder_layers, original->config().num_decoder_layers) << name;
+    const auto a = original->named_parameters(), b = loaded->named_parameters();
+    ASSERT_EQ(a.size(), b.size()) << name;
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i].first, b[i].first);
+      EXPECT_TRUE(at::equal(a[i].second, b[i].second)) << name << " " << a[i].first;
+    }
+  }
+}
+
+TEST(LoadBackbone, HalfPrecisionFilesAreConvertedToFloat) {
+  // A bf16 file loads as float32 parameters holding exactly the bf16 values: the same model as a
+  // float32 file of the rounded weights.
+  SafetensorsFile tiny = SafetensorsFile::open(testing::fixture("tiny.safetensors"));
+  std::vector<std::pair<std::string, at::Tensor>> bf16, rounded;
+  for (const auto& e : tiny.entries()) {
+    bf16.emplace_back(e.name, tiny.tensor(e.name).to(at::kBFloat16));
+    rounded.emplace_back(e.name, bf16.back().second.to(at::kFloat));
+  }
+  const std::string bf16_path = testing::scratch("tiny_bf16.safetensors");
+  const std::string f32_path = testing::scratch("tiny_rounded.safetensors");
+  save_safetensors(bf16_path, bf16, tiny.metadata());
+  save_safetensors(f32_path, rounded, tiny.metadata());
+  auto model = load_backbone(bf16_path, 0);
+  for (const auto& [name, t] : model->named_parameters()) EXPECT_EQ(t.scalar_type(), at::kFloat) << name;
+  Batch batch;
+  batch.input_ids = at::arange(3, 12, at::kLong).view({1, 9});
+  at::Tensor logits = model->forward(batch).logits;
+  EXPECT_TRUE(at::equal(logits, load_backbone(f32_path, 0)->forward(batch).logits));
+  EXPECT_GT(testing::max_abs_diff(logits, load_backbone(testing::fixture("tiny.safetensors"), 0)->forward(batch).logits), 0.0);
+}
+
+}  // namespace
+}  // namespace dt::model

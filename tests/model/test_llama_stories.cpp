@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <cstring>
 #include <fstream>
 
 #include "model/llama.h"
@@ -156,6 +157,30 @@ TEST(Tok512, RefusesBrokenFiles) {
   testing::write_bytes(p, std::string("\xff\xff\xff\xff", 4) + good.substr(4));
   expect_usage_error([&] { Llama2cTokenizer::load(p); }, {p, "max_token_length -1"});
   expect_usage_error([&] { Llama2cTokenizer::load(scratch("nothing.bin")); }, {"cannot open"});
+}
+
+}  // namespace
+}  // namespace dt::model
+
+namespace dt::model {
+namespace {
+
+// A negative vocab_size means a separate classifier (wcls) follows freq_cis; with wcls equal to the
+// embedding the model is the same, now with an untied lm_head.weight.
+TEST(Stories260K, UnsharedClassifierVariantLoadsLmHead) {
+  std::string bytes = testing::read_bytes(stories("stories260K.bin"));
+  const int32_t neg = -512;
+  std::memcpy(&bytes[20], &neg, 4);
+  bytes += bytes.substr(28, 512 * 64 * 4);  // wcls = token_embedding
+  const std::string path = scratch("unshared.bin");
+  testing::write_bytes(path, bytes);
+  auto untied = load_backbone(path, 0);
+  EXPECT_FALSE(untied->config().tie_word_embeddings);
+  EXPECT_EQ(untied->named_parameters().back().first, "lm_head.weight");
+  auto tied = load_stories();
+  Batch batch;
+  batch.input_ids = at::tensor({1, 403, 407, 261}, at::kLong).view({1, 4});
+  EXPECT_TRUE(at::equal(untied->forward(batch).logits, tied->forward(batch).logits));
 }
 
 }  // namespace
