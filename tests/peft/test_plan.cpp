@@ -5,6 +5,7 @@
 
 #include "model/config.h"
 #include "peft/method.h"
+#include "util/error.h"
 
 using namespace dt;
 
