@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <random>
 #include <string>
 
 #include "test_llama_util.h"
@@ -106,6 +108,14 @@ TEST(Safetensors, RefusesMalformedFilesNamingFileAndProblem) {
   p = raw_file("notobject.safetensors", "[1, 2]", 0);
   expect_usage_error([&] { SafetensorsFile::open(p); }, {p, "not a JSON object"});
 
+  // Nesting bombs: the parser and the destructor of the JSON value must not recurse per level.
+  p = raw_file("deep_open.safetensors", std::string(1 << 20, '['), 0);
+  expect_usage_error([&] { SafetensorsFile::open(p); }, {p, "not valid JSON"});
+  p = raw_file("deep_closed.safetensors", std::string(1 << 20, '[') + std::string(1 << 20, ']'), 0);
+  expect_usage_error([&] { SafetensorsFile::open(p); }, {p, "not a JSON object"});
+  p = raw_file("deep_entry.safetensors", "{\"t\":" + std::string(1 << 20, '[') + std::string(1 << 20, ']') + "}", 0);
+  expect_usage_error([&] { SafetensorsFile::open(p); }, {p, "'t'", "not a JSON object"});
+
   p = raw_file("range.safetensors", R"({"t":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}})", 8);
   expect_usage_error([&] { SafetensorsFile::open(p); }, {p, "'t'", "outside the data section"});
 
@@ -143,6 +153,43 @@ TEST(Safetensors, RefusesMalformedFilesNamingFileAndProblem) {
   SafetensorsFile f = SafetensorsFile::open(p);
   EXPECT_EQ(f.tensor("t").sizes(), at::IntArrayRef({2}));
   expect_usage_error([&] { f.tensor("nope"); }, {p, "'nope'"});
+}
+
+TEST(Safetensors, RandomlyCorruptedHeadersOpenOrThrowUsageError) {
+  // Every corruption of the header either still describes a consistent file (and then every tensor
+  // reads back inside the mapping) or is refused with a UsageError; nothing else may happen.
+  const std::string path = scratch("fuzz_src.safetensors");
+  save_safetensors(path, {{"a", at::ones({3, 4})}, {"b", at::arange(5, at::kLong)}, {"c", at::ones({2}, at::kHalf)}},
+                   {{"k", "v"}});
+  const std::string good = testing::read_bytes(path);
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<uint8_t>(good[i]);
+  std::mt19937 rng(1234);
+  const std::string alphabet = "0123456789[]{}\",:-\" FIabe";
+  int opened = 0, refused = 0;
+  const std::string fuzz = scratch("fuzz.safetensors");
+  for (int trial = 0; trial < 600; ++trial) {
+    std::string bytes = good;
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int e = 0; e < edits; ++e) {
+      const size_t pos = rng() % (8 + header_len);  // the length field or the JSON
+      bytes[pos] = pos < 8 ? static_cast<char>(rng() % 256) : alphabet[rng() % alphabet.size()];
+    }
+    testing::write_bytes(fuzz, bytes);
+    try {
+      SafetensorsFile f = SafetensorsFile::open(fuzz);
+      for (const auto& entry : f.entries()) {
+        at::Tensor t = f.tensor(entry.name);
+        if (t.numel() > 0) t.sum();  // touch every byte of the view
+      }
+      ++opened;
+    } catch (const dt::UsageError&) {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(opened + refused, 600);
+  std::printf("corrupted headers: %d opened consistently, %d refused\n", opened, refused);
+  EXPECT_GT(refused, 300);
 }
 
 TEST(Safetensors, WriterRejectsDuplicateNames) {
