@@ -225,6 +225,7 @@ void GradSync::on_grad_ready(size_t i) {
     p.mutable_grad() = view;
   }
   if (!sync_) return;
+  progress();
   DT_CHECK(!param_ready_[i],
            fmt::format("parameter '{}' received a second gradient in one step with sync on",
                        params_[i].first),
@@ -246,6 +247,13 @@ void GradSync::launch_ready_in_order() {
     b.launched_in_backward = in_backward;
     if (in_backward) ++step_stats_.launched_in_backward;
   }
+}
+
+void GradSync::progress() {
+  // MPI moves a non-blocking collective forward only inside MPI calls (there is no progress thread
+  // by default): testing the oldest in-flight Work from each hook lets launched buckets travel
+  // while backward computes, instead of all waiting for finish().
+  while (poll_from_ < next_launch_ && buckets_[poll_from_].work->is_completed()) ++poll_from_;
 }
 
 void GradSync::launch(Bucket& b) {
@@ -319,6 +327,7 @@ void GradSync::reset_step() {
   }
   std::fill(param_ready_.begin(), param_ready_.end(), 0);
   next_launch_ = 0;
+  poll_from_ = 0;
   nonfinite_.clear();
   step_stats_ = {};
 }

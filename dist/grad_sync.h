@@ -129,6 +129,7 @@ class GradSync {
  private:
   void launch_ready_in_order();
   void launch(Bucket& b);
+  void progress();
   void check_bucket_finite(const Bucket& b);
   void reset_step();
   std::string agree_finite();  // the error message every rank raises, or empty
@@ -147,6 +148,7 @@ class GradSync {
   bool sync_ = true;
   bool finishing_ = false;  // launches now come from finish(), not from backward
   size_t next_launch_ = 0;
+  size_t poll_from_ = 0;  // oldest launched bucket not known to be complete
   uint64_t grad_copies_ = 0;
   std::vector<size_t> nonfinite_;  // params with a non-finite gradient seen at launch in this step
   GradSyncStats step_stats_;
