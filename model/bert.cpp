@@ -51,7 +51,8 @@ struct BertBackbone::Impl {
     return torch::linear(x, W(path + ".weight"), W(path + ".bias"));
   }
   at::Tensor layer_norm(const std::string& path, const at::Tensor& x) const {
-    const at::Tensor h = torch::layer_norm(x, {config.d_model}, W(path + ".weight"), W(path + ".bias"), config.norm_eps);
+    const at::Tensor h =
+        torch::layer_norm(x, {config.d_model}, W(path + ".weight"), W(path + ".bias"), config.norm_eps);
     return out(path + ".ln", h, x);
   }
 

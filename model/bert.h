@@ -3,7 +3,8 @@
 // Design note: like T5Backbone, the parameters are created from describe(config) (HF BertModel names
 // without the "bert." prefix of BertForSequenceClassification) plus the task head "classifier.{weight,
 // bias}" on the pooled [CLS] output when num_labels > 0. Post-LN, GELU (erf), learned positions.
-// Sites: describe_sites(config). Without a head (num_labels == 0) ForwardResult::logits is the pooled output [B, d_model].
+// Sites: describe_sites(config). Without a head (num_labels == 0) ForwardResult::logits is the pooled
+// output [B, d_model].
 // return_hidden_states gives every layer's output.
 #pragma once
 

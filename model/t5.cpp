@@ -96,7 +96,8 @@ struct T5Backbone::Impl {
 
   // One T5Attention. `bias` = position bias + additive mask [.., H|1, Tq, Tk]. No 1/sqrt(d) scaling:
   // T5 folds it into the initialization of q.
-  at::Tensor attention(const std::string& path, const at::Tensor& x, const at::Tensor& kv, const at::Tensor& bias) const {
+  at::Tensor attention(const std::string& path, const at::Tensor& x, const at::Tensor& kv,
+                       const at::Tensor& bias) const {
     const int64_t B = x.size(0), Tq = x.size(1), Tk = kv.size(1), H = config.num_heads, D = config.d_kv;
     auto project = [&](const char* name, const at::Tensor& in) {
       const std::string site = path + "." + name;
@@ -245,7 +246,8 @@ T5Backbone::T5Backbone(const ModelConfig& config, int64_t num_labels, T5Head hea
     register_dotted(*impl_->root, n, t);
   }
   if (num_labels > 0 && head == T5Head::Classifier) {
-    register_dotted(*impl_->root, "classifier.weight", torch::empty({num_labels, config.d_model}, opts).normal_(0.0, std::pow(d, -0.5)));
+    const at::Tensor w = torch::empty({num_labels, config.d_model}, opts).normal_(0.0, std::pow(d, -0.5));
+    register_dotted(*impl_->root, "classifier.weight", w);
     register_dotted(*impl_->root, "classifier.bias", torch::zeros({num_labels}, opts));
   }
   for (const auto& item : impl_->root->named_parameters()) impl_->params[item.key()] = item.value();

@@ -288,7 +288,8 @@ def make_bert(name, c, seed):
         s = s.masked_fill((mask == 0)[:, None, None, :], float("-inf"))
         ctx = (torch.softmax(s, -1) @ v).permute(0, 2, 1, 3).reshape(B, T, d)
         a = lin(ctx, p + ".attention.output.dense")
-        h = layer_norm(h + a, w[p + ".attention.output.LayerNorm.weight"], w[p + ".attention.output.LayerNorm.bias"], eps)
+        h = layer_norm(h + a, w[p + ".attention.output.LayerNorm.weight"],
+                       w[p + ".attention.output.LayerNorm.bias"], eps)
         f = lin(h, p + ".intermediate.dense")
         f = 0.5 * f * (1.0 + torch.erf(f / math.sqrt(2.0)))
         f = lin(f, p + ".output.dense")

@@ -79,7 +79,8 @@ TEST(Bert, ParametersAndSites) {
     if (s.kind == SiteKind::Embedding) {
       bert.hooks().add_input(s.name, [&calls, name = s.name](const at::Tensor& e) { ++calls[name]; return e; });
     } else {
-      bert.hooks().add_output(s.name, [&calls, name = s.name, out = s.out_features](const at::Tensor& h, const at::Tensor&) {
+      bert.hooks().add_output(s.name, [&calls, name = s.name, out = s.out_features](const at::Tensor& h,
+                                                                               const at::Tensor&) {
         ++calls[name];
         EXPECT_EQ(h.size(-1), out) << name;
         return h;

@@ -67,8 +67,12 @@ TEST(Config, T5V11IsGatedAndUntied) {
   for (const char* name : {"t5-v1_1-base", "t5-v1_1-large", "t5-v1_1-xl", "t5-v1_1-xxl"}) {
     EXPECT_TRUE(named_config(name).gated_ffn) << name;
   }
-  // google/t5-v1_1-base: 247,577,856 parameters.
+  // Published totals of google/t5-v1_1-* (untied: shared.weight and lm_head.weight both count).
+  EXPECT_EQ(count("t5-v1_1-small"), 76961152);
   EXPECT_EQ(count("t5-v1_1-base"), 247577856);
+  EXPECT_EQ(count("t5-v1_1-large"), 783150080);
+  EXPECT_EQ(count("t5-v1_1-xl"), 2849757184);
+  EXPECT_EQ(count("t5-v1_1-xxl"), 11135332352);
 }
 
 TEST(Config, BertNames) {

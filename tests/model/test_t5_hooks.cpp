@@ -54,7 +54,8 @@ TEST_P(T5Hooks, EverySiteIsConsulted) {
     if (s.kind == SiteKind::Embedding) {
       t5.hooks().add_input(s.name, [&calls, name = s.name](const at::Tensor& e) { ++calls[name]; return e; });
     } else {
-      t5.hooks().add_output(s.name, [&calls, name = s.name, out = s.out_features](const at::Tensor& h, const at::Tensor&) {
+      t5.hooks().add_output(s.name, [&calls, name = s.name, out = s.out_features](const at::Tensor& h,
+                                                                               const at::Tensor&) {
         ++calls[name];
         EXPECT_EQ(h.size(-1), out) << name;  // out_features is the real width at the site
         return h;
@@ -118,7 +119,9 @@ TEST_P(T5Hooks, PrefixHookTrainsAndChangesOutput) {
   const at::Tensor vp = torch::randn({1, c.num_heads, 2, c.d_kv}, torch::requires_grad());
   for (const char* a : {"encoder.block.1.layer.0.SelfAttention", "decoder.block.0.layer.0.SelfAttention",
                         "decoder.block.1.layer.1.EncDecAttention"}) {
-    t5.hooks().set_prefix(a, [&](int64_t b) { return std::make_pair(kp.expand({b, -1, -1, -1}), vp.expand({b, -1, -1, -1})); });
+    t5.hooks().set_prefix(a, [&](int64_t b) {
+      return std::make_pair(kp.expand({b, -1, -1, -1}), vp.expand({b, -1, -1, -1}));
+    });
   }
   const ForwardResult r = t5.forward(batch);
   EXPECT_GT((r.logits.detach() - plain).abs().max().item<double>(), 1e-4);
