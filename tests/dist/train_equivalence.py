@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""End-to-end data-parallel equivalence of `deltatune train` (issue 5, tests).
+
+For each method, np=2 ranks with per-rank batch B must train exactly like np=1 with batch 2B: the same
+examples per step (the sampler interleaves ranks over one global order), so the same loss trajectory
+and the same final trainable values (compared through their L2 norm and sum), within fp tolerance.
+Also checked per method, from the metrics file: bytes_allreduced per step == 4 x trainable params
+(2 x with --dist.compress bf16), and collectives <= ceil(bytes / bucket cap) + 1.
+Usage: train_equivalence.py <deltatune binary> <source dir>
+"""
+import json, math, os, re, subprocess, sys, tempfile
+
+binary, source = sys.argv[1], sys.argv[2]
+env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+common = ["--model", f"{source}/data/stories260K/stories260K.bin",
+          "--tokenizer", f"{source}/data/stories260K/tok512.bin",
+          "--data", f"{source}/data/glue", "--task", "sst2",
+          "--train.steps", "6", "--train.lr", "1e-3", "--train.eval-max", "64", "--train.max-len", "32",
+          "--train.schedule", "constant", "--dist.bucket-mb", "0.05"]
+methods = {
+    "full": ["--method", "full"],
+    "bitfit": ["--method", "bitfit"],
+    "lora": ["--method", "lora", "--lora.targets", "q,k,v,o,wi,wo"],
+    "lora+bitfit": ["--method", "lora+bitfit"],
+}
+failures = []
+
+def run(np, batch, extra, tag):
+    metrics = tempfile.mktemp(prefix=f"dt-{tag}-", suffix=".jsonl")
+    cmd = ["mpirun", "-np", str(np), "--oversubscribe", "--bind-to", "none", binary, "train"] + common + extra + [
+        "--train.batch-size", str(batch), "--metrics", metrics]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        failures.append(f"{tag}: exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        return None
+    rows = [json.loads(line) for line in open(metrics)]
+    os.unlink(metrics)
+    trainable = int(re.search(r"trainable params: ([\d,]+)", out.stdout).group(1).replace(",", ""))
+    return rows, trainable
+
+def close(a, b, rel):
+    return abs(a - b) <= rel * max(1.0, abs(a), abs(b))
+
+for name, extra in methods.items():
+    one = run(1, 8, extra, f"{name}-np1")
+    two = run(2, 4, extra, f"{name}-np2")
+    if not one or not two:
+        continue
+    (rows1, trainable), (rows2, trainable2) = one, two
+    steps1 = [r for r in rows1 if "loss" in r]
+    steps2 = [r for r in rows2 if "loss" in r]
+    if trainable != trainable2:
+        failures.append(f"{name}: trainable params differ: {trainable} vs {trainable2}")
+    for a, b in zip(steps1, steps2):
+        if not close(a["loss"], b["loss"], 2e-4):
+            failures.append(f"{name}: step {a['step']} loss np1 {a['loss']} != np2 {b['loss']}")
+    final1 = next(r for r in rows1 if r.get("final"))
+    final2 = next(r for r in rows2 if r.get("final"))
+    for key in ("trainable_l2", "trainable_sum"):
+        if not close(final1[key], final2[key], 1e-4):
+            failures.append(f"{name}: final {key} np1 {final1[key]} != np2 {final2[key]}")
+    cap = int(0.05 * 1024 * 1024)
+    for r in steps2:
+        if r["bytes_allreduced"] != 4 * trainable:
+            failures.append(f"{name}: step {r['step']} bytes_allreduced {r['bytes_allreduced']} != 4 x {trainable}")
+        if r["collectives"] > math.ceil(4 * trainable / cap) + 1:
+            failures.append(f"{name}: step {r['step']} {r['collectives']} collectives > ceil(bytes/cap)+1")
+    print(f"{name}: {trainable} trainable, losses {[round(r['loss'], 5) for r in steps2]}, "
+          f"{steps2[-1]['bytes_allreduced']} B in {steps2[-1]['collectives']} collective(s) per step")
+
+# Compression halves the bytes on the wire and still trains.
+comp = run(2, 4, ["--method", "lora", "--dist.compress", "bf16"], "lora-bf16")
+if comp:
+    rows, trainable = comp
+    for r in (r for r in rows if "loss" in r):
+        if r["bytes_allreduced"] != 2 * trainable:
+            failures.append(f"bf16: step {r['step']} bytes_allreduced {r['bytes_allreduced']} != 2 x {trainable}")
+
+print("\n".join(failures) if failures else "all equivalences hold")
+sys.exit(1 if failures else 0)
