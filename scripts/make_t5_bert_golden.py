@@ -9,7 +9,8 @@ little-endian bytes), because torch.save files cannot be read from C++.
 
     /usr/bin/python3 scripts/make_t5_bert_golden.py     # rewrites tests/fixtures/{t5,bert}/
 
-Per model two files: <name>.safetensors holds the weights under HF names (what a checkpoint holds),
+Per model two files: <name>.safetensors holds the weights under HF names (what a checkpoint holds)
+and the HF config.json keys in its __metadata__ (so model::load_backbone can read it),
 <name>.golden.safetensors holds the inputs and the expected outputs.
 """
 import json
@@ -31,8 +32,10 @@ TINY_BERT = dict(vocab=64, d_model=16, d_ff=32, heads=4, layers=2, positions=32,
 DTYPES = {torch.float32: "F32", torch.int64: "I64"}
 
 
-def write_safetensors(path, tensors):
+def write_safetensors(path, tensors, metadata=None):
     header, blobs, offset = {}, [], 0
+    if metadata:
+        header["__metadata__"] = {k: str(v) for k, v in metadata.items()}
     for name, t in tensors.items():
         t = t.contiguous()
         data = t.numpy().tobytes()  # x86: little-endian
@@ -212,7 +215,13 @@ def make_t5(name, c, seed):
     f32 = lambda t: t.to(torch.float32)
     out_dir = os.path.join(ROOT, "tests", "fixtures", "t5")
     os.makedirs(out_dir, exist_ok=True)
-    write_safetensors(os.path.join(out_dir, name + ".safetensors"), {k: f32(v) for k, v in w.items()})
+    hf_config = {"architecture": "t5", "vocab_size": c["vocab"], "d_model": c["d_model"], "d_ff": c["d_ff"],
+                 "d_kv": c["d_kv"], "num_heads": c["heads"], "num_layers": c["layers"],
+                 "num_decoder_layers": c["dec_layers"], "relative_attention_num_buckets": c["buckets"],
+                 "relative_attention_max_distance": c["max_distance"], "layer_norm_epsilon": c["eps"],
+                 "feed_forward_proj": "gated-gelu" if c["gated"] else "relu",
+                 "tie_word_embeddings": "true" if c["tied"] else "false"}
+    write_safetensors(os.path.join(out_dir, name + ".safetensors"), {k: f32(v) for k, v in w.items()}, hf_config)
     golden = {"input_ids": ids, "attention_mask": mask, "labels": labels, "logits": f32(logits),
               "loss": f32(loss.reshape([])), "head.classifier.weight": f32(cls_w),
               "head.classifier.bias": f32(cls_b), "head.logits": f32(cls_logits)}
@@ -302,7 +311,10 @@ def make_bert(name, c, seed):
     f32 = lambda t: t.to(torch.float32)
     out_dir = os.path.join(ROOT, "tests", "fixtures", "bert")
     os.makedirs(out_dir, exist_ok=True)
-    write_safetensors(os.path.join(out_dir, name + ".safetensors"), {k: f32(v) for k, v in w.items()})
+    hf_config = {"architecture": "bert", "vocab_size": c["vocab"], "hidden_size": d, "intermediate_size": c["d_ff"],
+                 "num_attention_heads": H, "num_hidden_layers": c["layers"], "max_position_embeddings": c["positions"],
+                 "type_vocab_size": c["types"], "hidden_act": "gelu", "layer_norm_eps": c["eps"]}
+    write_safetensors(os.path.join(out_dir, name + ".safetensors"), {k: f32(v) for k, v in w.items()}, hf_config)
     golden = {"input_ids": ids, "attention_mask": mask, "labels": labels, "pooled": f32(pooled),
               "logits": f32(logits), "loss": f32(loss.reshape([]))}
     for i, t in enumerate(hidden):

@@ -7,6 +7,7 @@
 
 #include "model/bert.h"
 #include "model/config.h"
+#include "model/load.h"
 #include "model/safetensors.h"
 
 namespace dt::model::testing {
@@ -62,6 +63,17 @@ TEST(BertGolden, PooledOutputWithoutHead) {
   const double err = max_abs_err(bert.forward(golden_batch(golden)).logits, golden.tensor("pooled"));
   std::printf("tiny-bert pooled max abs err %.3g\n", err);
   EXPECT_LT(err, kTol);
+}
+
+// The fixture as a checkpoint (config from __metadata__, classifier.* included) via model::load_backbone.
+TEST(BertGolden, LoadBackboneReadsTheFixture) {
+  const auto backbone = load_backbone(fixture("bert/tiny-bert.safetensors"), 3);
+  EXPECT_EQ(backbone->config().arch, Arch::Bert);
+  EXPECT_EQ(total_params(describe(backbone->config())), total_params(describe(named_config("tiny-bert"))));
+  const auto golden = SafetensorsFile::open(fixture("bert/tiny-bert.golden.safetensors"));
+  const ForwardResult r = backbone->forward(golden_batch(golden));
+  EXPECT_LT(max_abs_err(r.logits, golden.tensor("logits")), kTol);
+  EXPECT_LT(max_abs_err(r.loss, golden.tensor("loss")), kTol);
 }
 
 TEST(Bert, ParametersAndSites) {

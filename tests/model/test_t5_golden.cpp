@@ -6,6 +6,7 @@
 #include <set>
 
 #include "model/config.h"
+#include "model/load.h"
 #include "model/safetensors.h"
 #include "model/t5.h"
 
@@ -135,6 +136,31 @@ TEST_P(T5Golden, ClassifierHeadOnPooledEncoder) {
   const double err = max_abs_err(r.logits, golden.tensor("head.logits"));
   std::printf("%s classifier logits max abs err %.3g\n", name.c_str(), err);
   EXPECT_LT(err, kTol);
+}
+
+// The fixture as a checkpoint: model::load_backbone reads the config from the file's __metadata__
+// (HF config.json keys), builds a T5Backbone and installs the weights by name.
+TEST_P(T5Golden, LoadBackboneReadsTheFixture) {
+  const std::string name = GetParam();
+  const ModelConfig want = named_config(name);
+  const auto backbone = load_backbone(fixture("t5/" + name + ".safetensors"), 0);
+  const ModelConfig& got = backbone->config();
+  EXPECT_EQ(got.arch, Arch::T5);
+  EXPECT_EQ(describe(got).size(), describe(want).size());
+  EXPECT_EQ(total_params(describe(got)), total_params(describe(want)));
+  EXPECT_EQ(got.gated_ffn, want.gated_ffn);
+  EXPECT_EQ(got.tie_word_embeddings, want.tie_word_embeddings);
+  EXPECT_EQ(got.activation, want.activation);
+  EXPECT_EQ(got.relative_attention_num_buckets, want.relative_attention_num_buckets);
+  EXPECT_EQ(got.relative_attention_max_distance, want.relative_attention_max_distance);
+  const auto golden = SafetensorsFile::open(fixture("t5/" + name + ".golden.safetensors"));
+  Batch batch;
+  batch.input_ids = golden.tensor("input_ids");
+  batch.attention_mask = golden.tensor("attention_mask");
+  batch.labels = golden.tensor("labels");
+  const ForwardResult r = backbone->forward(batch);
+  EXPECT_LT(max_abs_err(r.logits, golden.tensor("logits")), kTol);
+  EXPECT_LT(max_abs_err(r.loss, golden.tensor("loss")), kTol);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, T5Golden, ::testing::Values("tiny-t5", "tiny-t5-v1_1"));
