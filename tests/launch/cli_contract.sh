@@ -23,6 +23,13 @@ for sub in train eval generate plan mask inspect export commbench; do
   check 2 "$sub with an unreadable config" -- "$bin" "$sub" --config /nonexistent.ini
   echo "$LAST_ERR" | grep -q "/nonexistent.ini" || { echo "FAIL: $sub: error does not name the file"; fail=1; }
 done
+# Every shipped config parses (the README and cluster/ scripts point at them).
+src=${DELTATUNE_SOURCE_DIR:-$(dirname "$0")/../..}
+for ini in "$src"/configs/*.ini; do
+  check 0 "config $(basename "$ini") parses" -- "$bin" train --config "$ini" --print-config
+done
+check 2 "a bad value in a config file" -- "$bin" train --config /dev/stdin --print-config <<<"[train]
+lr = fast"
 check 2 "unknown subcommand" -- "$bin" frobnicate
 check 2 "no subcommand" -- "$bin"
 exit $fail
