@@ -83,9 +83,10 @@ struct MpiState {
   MPI_Op bf16_sum = MPI_OP_NULL;
   MPI_Op f16_sum = MPI_OP_NULL;
 };
+// Never destroyed: an MpiRuntime held in a static may be destroyed after any function-local static.
 MpiState& state() {
-  static MpiState s;
-  return s;
+  static MpiState* s = new MpiState;
+  return *s;
 }
 
 bool mpi_finalized() {

@@ -252,8 +252,12 @@ class NcclCommunicator final : public Communicator {
     std::string local_error;
     try {
       int devices = 0;
-      CHECK_CUDA(cudaGetDeviceCount(&devices));
-      DT_CHECK(devices > 0, "backend nccl found no CUDA device", "use --dist.backend mpi");
+      const cudaError_t found = cudaGetDeviceCount(&devices);
+      DT_CHECK(found == cudaSuccess && devices > 0,
+               std::string("backend nccl found no usable CUDA device (cudaGetDeviceCount: ") +
+                   (found == cudaSuccess ? "0 devices" : cudaGetErrorString(found)) + ")",
+               "use --dist.backend mpi on machines without GPUs; otherwise check nvidia-smi, "
+               "CUDA_VISIBLE_DEVICES and that the driver matches the CUDA runtime");
       device_ = options.device >= 0 ? options.device : local_rank_ % devices;
       DT_CHECK(device_ < devices, "backend nccl: device " + std::to_string(device_) + " of " +
                                       std::to_string(devices) + " visible devices does not exist");

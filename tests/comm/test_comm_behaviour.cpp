@@ -275,10 +275,11 @@ TEST(NcclCommunicator, FailsClearlyWithoutAGpuAndRefusesCpuTensors) {
   if (!nccl_available()) {
     EXPECT_CONTAINS(message, "deltatune was built without NCCL");
   } else if (!nccl) {
-    const bool explained = message.find("cudaGetDeviceCount failed") != std::string::npos ||
-                           message.find("backend nccl found no CUDA device") != std::string::npos ||
-                           message.find("could not select a GPU") != std::string::npos;
+    // This rank's own reason, or (where only other ranks lack a GPU) which ranks failed.
+    const bool explained = message.find("backend nccl found no usable CUDA device") != std::string::npos ||
+                           message.find("could not select a GPU on rank(s)") != std::string::npos;
     EXPECT_TRUE(explained) << message;
+    EXPECT_CONTAINS(message, "--dist.backend mpi");
     EXPECT_CONTAINS(message, "(hint: ");
   } else {
     EXPECT_EQ(nccl->backend_name(), "nccl");
