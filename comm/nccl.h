@@ -5,6 +5,9 @@
 // CUDA stream that first waits on an event recorded on the compute stream (no host sync); each Work is
 // backed by a CUDA event recorded after the collective. A watchdog thread aborts the NCCL communicator
 // and calls MPI_Abort when a collective exceeds the timeout, so a dead peer never hangs a job.
+// Work::wait() with no timeout makes the caller's current CUDA stream wait on that event (no host
+// sync, as in c10d): kernels and copies issued afterwards see the result. wait(timeout > 0) and
+// is_completed() query the event from the host.
 // Compiled only when DELTATUNE_NCCL is on; it builds and links on machines without a GPU.
 #pragma once
 

@@ -111,6 +111,15 @@ TEST(MpiCommunicator, WorksWaitedFromSeveralThreads) {
   }
 }
 
+// Dropping a Work in flight must not leave MPI writing into freed memory: it completes first.
+TEST(MpiCommunicator, DroppedWorkCompletesBeforeItGoes) {
+  auto& comm = test_comm();
+  const int n = comm.size();
+  at::Tensor t = filled(100000, comm.rank() + 1, at::kDouble);
+  comm.all_reduce(t);  // the WorkPtr is dropped at once
+  EXPECT_TRUE(at::equal(t, filled(100000, n * (n + 1) / 2.0, at::kDouble)));
+}
+
 // A barrier that the other ranks have not entered yet cannot complete: wait(timeout) says so, and
 // the barrier completes once they enter it. A second communicator tells them when to.
 TEST(MpiCommunicator, WaitWithTimeoutReturnsFalseWhileOthersHaveNotArrived) {
