@@ -214,14 +214,13 @@ class MpiWork final : public Work {
     if (done_) return true;
     try {
       int flag = 0;
-      const std::string test = std::string(block ? "MPI_Wait" : "MPI_Test") + " of " + call_;
       auto step = [&] {
         MPI_Status status;
-        if (block) {
-          check_mpi(MPI_Wait(&request, &status), test.c_str(), __FILE__, __LINE__);
-          flag = 1;
-        } else {
-          check_mpi(MPI_Test(&request, &flag, &status), test.c_str(), __FILE__, __LINE__);
+        const int rc = block ? MPI_Wait(&request, &status) : MPI_Test(&request, &flag, &status);
+        if (block) flag = 1;
+        if (rc != MPI_SUCCESS) {
+          const std::string call = std::string(block ? "MPI_Wait" : "MPI_Test") + " of " + call_;
+          check_mpi(rc, call.c_str(), __FILE__, __LINE__);
         }
       };
       if (state().funnel) {
