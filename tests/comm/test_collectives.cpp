@@ -133,6 +133,22 @@ TEST(CollectivesShape, AllReduceOfMatrixKeepsShape) {
   expect_exact(t, sum_values(comm.size(), 12), "all_reduce of a 3×4 matrix");
 }
 
+// MPI has no 16-bit float types; the backend's own sum must round the float sum to nearest even,
+// as torch's conversion does. 256 + 3 = 259 lies halfway between bfloat16's 258 and 260 (2048 + 3
+// likewise for float16): round-to-nearest-even gives 260 (2052), truncation would give 258 (2050).
+TEST(CollectivesRounding, SixteenBitSumsRoundToNearestEven) {
+  auto& comm = test_comm();
+  if (comm.size() < 2) GTEST_SKIP() << "needs two contributions";
+  for (auto [dtype, big] : {std::pair{at::kBFloat16, 256.0}, std::pair{at::kHalf, 2048.0}}) {
+    const double mine = comm.rank() == 0 ? big : comm.rank() == 1 ? 3.0 : 0.0;
+    at::Tensor t = at::full({5}, mine, dtype);
+    comm.all_reduce(t)->wait();
+    const at::Tensor expected = at::full({5}, big + 3.0, at::kFloat).to(dtype);
+    EXPECT_EQ(expected[0].item<double>(), big + 4.0);
+    expect_exact(t, expected, std::string(c10::toString(dtype)) + " sum");
+  }
+}
+
 // Above 64 MB: float32 × 17M = 68 MB, beyond the buffers of the small-message algorithms.
 TEST(CollectivesLarge, AllReduceOf68MegabytesOfFloat) {
   auto& comm = test_comm();
