@@ -1,0 +1,316 @@
+// dist/checkpoint_resume.cpp — the collective side of checkpoints (checkpoint.h): RNG capture, training
+// state capture/apply, collective save and resume, preemption flags, and SHA-256 of weights files.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+
+#include "dist/checkpoint.h"
+#include "util/error.h"
+#include "util/log.h"
+
+namespace fs = std::filesystem;
+
+namespace dt::dist {
+
+// ---- state capture and restore -----------------------------------------------------------------
+
+std::vector<uint8_t> capture_rng_state() {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  const at::Tensor state = gen.get_state().contiguous();
+  const auto* p = state.data_ptr<uint8_t>();
+  return std::vector<uint8_t>(p, p + state.numel());
+}
+
+void restore_rng_state(const std::vector<uint8_t>& bytes) {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  at::Tensor state = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
+  std::memcpy(state.data_ptr<uint8_t>(), bytes.data(), bytes.size());
+  gen.set_state(state);
+}
+
+namespace {
+
+// Bytes travel as int64 words (the communicator's dtypes), the length first.
+at::Tensor pack_bytes(const std::vector<uint8_t>& bytes) {
+  at::Tensor t = at::zeros({1 + static_cast<int64_t>((bytes.size() + 7) / 8)}, at::kLong);
+  t.data_ptr<int64_t>()[0] = static_cast<int64_t>(bytes.size());
+  if (!bytes.empty()) std::memcpy(t.data_ptr<int64_t>() + 1, bytes.data(), bytes.size());
+  return t;
+}
+
+std::vector<uint8_t> unpack_bytes(const int64_t* words) {
+  const auto* p = reinterpret_cast<const uint8_t*>(words + 1);
+  return std::vector<uint8_t>(p, p + words[0]);
+}
+
+// Root's (kind, text) on every rank: kind 0 = ok, 1 = dt::Error, 2 = dt::UsageError.
+std::pair<int64_t, std::string> broadcast_status(comm::Communicator& comm, int64_t kind, const std::string& text) {
+  at::Tensor head = at::full({2}, 0, at::kLong);
+  if (comm.rank() == 0) {
+    head.data_ptr<int64_t>()[0] = kind;
+    head.data_ptr<int64_t>()[1] = static_cast<int64_t>(text.size());
+  }
+  comm.broadcast(head)->wait();
+  const int64_t length = head.data_ptr<int64_t>()[1];
+  at::Tensor body = comm.rank() == 0 ? pack_bytes(std::vector<uint8_t>(text.begin(), text.end()))
+                                     : at::zeros({1 + (length + 7) / 8}, at::kLong);
+  comm.broadcast(body)->wait();
+  const auto bytes = unpack_bytes(body.data_ptr<int64_t>());
+  return {head.data_ptr<int64_t>()[0], std::string(bytes.begin(), bytes.end())};
+}
+
+[[noreturn]] void rethrow_status(int64_t kind, const std::string& text) {
+  if (kind == 2) throw UsageError(text);
+  throw Error(text);
+}
+
+}  // namespace
+
+std::vector<std::vector<uint8_t>> gather_rng_states(comm::Communicator& comm) {
+  const at::Tensor mine = pack_bytes(capture_rng_state());
+  at::Tensor sizes = at::empty({comm.size()}, at::kLong);
+  comm.all_gather(at::full({1}, mine.numel(), at::kLong), sizes)->wait();
+  std::vector<int64_t> counts(sizes.data_ptr<int64_t>(), sizes.data_ptr<int64_t>() + comm.size());
+  int64_t total = 0;
+  for (auto c : counts) total += c;
+  at::Tensor all = at::empty({total}, at::kLong);
+  comm.all_gather_v(mine, all, counts)->wait();
+  std::vector<std::vector<uint8_t>> states;
+  int64_t offset = 0;
+  for (auto c : counts) {
+    states.push_back(unpack_bytes(all.data_ptr<int64_t>() + offset));
+    offset += c;
+  }
+  return states;
+}
+
+CheckpointState capture_training_state(int64_t step, const NamedTensors& trainables, const Optimizer& optimizer,
+                                       const DistributedSampler& sampler) {
+  CheckpointState s;
+  s.step = step;
+  s.epoch = sampler.state().epoch;
+  s.sampler_position = sampler.state().position;
+  for (const auto& [name, t] : trainables) s.trainables.emplace_back(name, t.detach());
+  s.optimizer = optimizer.name();
+  s.optimizer_state = optimizer.state();
+  return s;
+}
+
+void apply_training_state(const CheckpointState& state, const NamedTensors& trainables, Optimizer& optimizer,
+                          DistributedSampler& sampler, int rank) {
+  std::map<std::string, const at::Tensor*> saved;
+  for (const auto& [name, t] : state.trainables) saved[name] = &t;
+  {
+    at::NoGradGuard no_grad;
+    for (const auto& [name, t] : trainables) {
+      auto it = saved.find(name);
+      DT_CHECK(it != saved.end(), "checkpoint has no trainable tensor '" + name + "' (validate_against first)");
+      const_cast<at::Tensor&>(t).copy_(*it->second);
+    }
+  }
+  optimizer.set_state(state.optimizer_state);
+  sampler.set_state({state.epoch, state.sampler_position});
+  if (!state.rng_states.empty()) restore_rng_state(state.rng_states[rank % state.rng_states.size()]);
+}
+
+// ---- collective save / resume ------------------------------------------------------------------
+
+std::string save_checkpoint(comm::Communicator& comm, const std::string& dir, CheckpointState state, int64_t keep) {
+  state.rng_states = gather_rng_states(comm);
+  state.world_size = comm.size();
+  int64_t kind = 0;
+  std::string text;
+  if (comm.rank() == 0) {
+    try {
+      text = write_checkpoint(dir, state, keep);
+    } catch (const UsageError& e) {
+      kind = 2, text = e.what();
+    } catch (const std::exception& e) {
+      kind = 1, text = e.what();
+    }
+  }
+  const auto [k, t] = broadcast_status(comm, kind, text);
+  if (k != 0) rethrow_status(k, t);
+  return t;
+}
+
+std::optional<ResumePoint> resume_checkpoint(comm::Communicator& comm, const std::string& resume,
+                                             const std::string& out_dir, const CheckpointState& expected) {
+  std::optional<ResumePoint> point;
+  int64_t kind = 0;
+  std::string text;
+  if (comm.rank() == 0) {
+    try {
+      if (resume == "auto") {
+        if (out_dir.empty()) throw_usage_error("--resume auto needs --out (the checkpoint directory)");
+        point = find_resume(out_dir);
+        if (!point) log::info("resume: no checkpoint in {} yet; starting from step 0", out_dir);
+      } else if (fs::is_directory(resume)) {
+        point = find_resume(resume);
+        if (!point) throw_usage_error("--resume " + resume + ": the directory holds no checkpoint");
+      } else {
+        if (!fs::exists(resume)) throw_usage_error("--resume " + resume + ": no such file");
+        point = ResumePoint{resume, read_checkpoint(resume)};
+      }
+      if (point) {
+        validate_against(point->state, expected, point->path);
+        for (const auto& d : config_differences(point->state.config_ini, expected.config_ini)) {
+          log::info("resume: config differs from the checkpoint's: {}", d);
+        }
+        if (point->state.world_size != comm.size()) {
+          log::info("resume: checkpoint written by {} ranks, resuming on {}: values and optimizer state are "
+                    "identical, the sampler re-shards, so batches and dropout differ from an uninterrupted run",
+                    point->state.world_size, comm.size());
+        }
+        text = point->path;
+      }
+    } catch (const UsageError& e) {
+      kind = 2, text = e.what();
+    } catch (const std::exception& e) {
+      kind = 1, text = e.what();
+    }
+  }
+  const auto [k, path] = broadcast_status(comm, kind, text);
+  if (k != 0) rethrow_status(k, path);
+  if (path.empty()) return std::nullopt;
+  // Every other rank reads (and verifies) the same file; any failure fails every rank.
+  std::string error;
+  if (comm.rank() != 0) {
+    try {
+      point = ResumePoint{path, read_checkpoint(path)};
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  at::Tensor failed = at::full({1}, error.empty() ? 0.0 : 1.0, at::kDouble);
+  comm.all_reduce(failed)->wait();
+  if (failed.item<double>() > 0) {
+    if (!error.empty()) throw Error(error);
+    DT_FAIL("checkpoint " + path + " could not be read on another rank (see its error)",
+            "--out must be on a file system every rank sees");
+  }
+  return point;
+}
+
+// ---- preemption --------------------------------------------------------------------------------
+
+namespace {
+volatile std::sig_atomic_t g_preempt = 0;
+extern "C" void on_preempt_signal(int) { g_preempt = 1; }
+}  // namespace
+
+void install_preemption_handlers() {
+  struct sigaction action {};
+  action.sa_handler = on_preempt_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGUSR1, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+bool preemption_requested() { return g_preempt != 0; }
+
+bool preemption_agreed(comm::Communicator& comm) {
+  at::Tensor flag = at::full({1}, preemption_requested() ? 1.0 : 0.0, at::kDouble);
+  comm.all_reduce(flag)->wait();
+  return flag.item<double>() > 0;
+}
+
+// ---- SHA-256 (FIPS 180-4), streamed ------------------------------------------------------------
+
+namespace {
+
+class Sha256 {
+ public:
+  void update(const uint8_t* data, size_t n) {
+    total_ += n;
+    if (fill_ > 0) {
+      const size_t take = std::min(n, size_t{64} - fill_);
+      std::memcpy(block_ + fill_, data, take);
+      fill_ += take, data += take, n -= take;
+      if (fill_ == 64) compress(block_), fill_ = 0;
+    }
+    for (; n >= 64; data += 64, n -= 64) compress(data);
+    std::memcpy(block_, data, n);
+    fill_ = n;
+  }
+  std::string hex() {
+    const uint64_t bits = total_ * 8;
+    const uint8_t pad = 0x80, zero = 0;
+    update(&pad, 1);
+    while (fill_ != 56) update(&zero, 1);
+    uint8_t len[8];
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(bits >> (56 - 8 * i));
+    update(len, 8);
+    std::string out;
+    char buf[9];
+    for (uint32_t v : h_) std::snprintf(buf, sizeof(buf), "%08x", v), out += buf;
+    return out;
+  }
+
+ private:
+  static uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+  void compress(const uint8_t* p) {
+    static const uint32_t k[64] = {
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+    uint32_t w[64];
+    for (int i = 0; i < 16; ++i) {
+      w[i] = uint32_t(p[4 * i]) << 24 | uint32_t(p[4 * i + 1]) << 16 | uint32_t(p[4 * i + 2]) << 8 | p[4 * i + 3];
+    }
+    for (int i = 16; i < 64; ++i) {
+      const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+      const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+      w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h_[0], b = h_[1], c = h_[2], d = h_[3], e = h_[4], f = h_[5], g = h_[6], h = h_[7];
+    for (int i = 0; i < 64; ++i) {
+      const uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + k[i] + w[i];
+      const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+      h = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
+    }
+    h_[0] += a, h_[1] += b, h_[2] += c, h_[3] += d, h_[4] += e, h_[5] += f, h_[6] += g, h_[7] += h;
+  }
+  uint32_t h_[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  uint8_t block_[64] = {};
+  size_t fill_ = 0;
+  uint64_t total_ = 0;
+};
+
+}  // namespace
+
+std::string sha256_hex(const void* data, size_t size) {
+  Sha256 h;
+  h.update(static_cast<const uint8_t*>(data), size);
+  return h.hex();
+}
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw_usage_error("cannot read '" + path + "' to hash it");
+  Sha256 h;
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    h.update(reinterpret_cast<const uint8_t*>(buf.data()), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) throw_usage_error("error reading '" + path + "' to hash it");
+  return h.hex();
+}
+
+}  // namespace dt::dist
