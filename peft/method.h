@@ -95,5 +95,13 @@ std::string accounting_line(int64_t trainable, int64_t all);
 void register_full(Registry&);
 void register_bitfit(Registry&);
 void register_lora(Registry&);
+void register_houlsby(Registry&);
+void register_pfeiffer(Registry&);
+void register_parallel_adapter(Registry&);
+void register_prefix(Registry&);
+void register_prompt(Registry&);
+void register_ia3(Registry&);
+void register_compacter(Registry&);
+void register_mam(Registry&);
 
 }  // namespace dt::peft

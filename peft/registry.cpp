@@ -15,6 +15,14 @@ Registry& Registry::global() {
     register_full(*r);
     register_bitfit(*r);
     register_lora(*r);
+    register_houlsby(*r);
+    register_pfeiffer(*r);
+    register_parallel_adapter(*r);
+    register_prefix(*r);
+    register_prompt(*r);
+    register_ia3(*r);
+    register_compacter(*r);
+    register_mam(*r);
     return r;
   }();
   return *registry;
