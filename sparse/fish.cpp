@@ -1,0 +1,254 @@
+// sparse/fish.cpp — FISH (Sung et al., "Training Neural Networks with Fixed Sparse Masks"): the
+// method, its options, the mask it trains over, and plan accounting. See sparse/methods.h.
+#include <ATen/ATen.h>
+#include <boost/program_options.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+
+#include "sparse/index_codec.h"
+#include "sparse/methods.h"
+#include "sparse/scatter.h"
+#include "util/error.h"
+#include "util/log.h"
+
+namespace dt::sparse {
+
+namespace po = boost::program_options;
+
+FishOptions fish_options(const po::variables_map& vm) {
+  FishOptions o;
+  o.topk.keep = vm["fish.keep"].as<double>();
+  o.topk.count = vm["fish.count"].as<int64_t>();
+  o.topk.per_tensor = vm["fish.per-tensor"].as<bool>();
+  o.samples = vm["fish.samples"].as<int64_t>();
+  o.fisher.kind = parse_fisher_kind(vm["fish.fisher"].as<std::string>());
+  o.fisher.batch_size = vm["fish.batch-size"].as<int64_t>();
+  o.fisher.include = split_globs(vm["fish.include"].as<std::string>());
+  o.fisher.exclude = split_globs(vm["fish.exclude"].as<std::string>());
+  o.select = vm["fish.select"].as<std::string>();
+  if (vm.count("fish.mask")) o.mask_path = vm["fish.mask"].as<std::string>();
+  o.seed = vm["fish.seed"].as<uint64_t>();
+  if (o.select != "fisher" && o.select != "magnitude" && o.select != "random") {
+    throw_usage_error("--fish.select '" + o.select + "': expected fisher | magnitude | random");
+  }
+  if (o.samples <= 0) throw_usage_error("--fish.samples must be positive");
+  if (o.fisher.batch_size <= 0) throw_usage_error("--fish.batch-size must be positive");
+  if (o.fisher.include.empty()) throw_usage_error("--fish.include is empty");
+  if (o.topk.count < 0) throw_usage_error("--fish.count must be >= 0");
+  if (o.topk.count > 0 && o.topk.per_tensor) throw_usage_error("--fish.count and --fish.per-tensor exclude each other");
+  if (o.topk.count == 0 && !(o.topk.keep > 0.0 && o.topk.keep <= 1.0)) {
+    throw_usage_error(fmt::format("--fish.keep must be in (0, 1], got {}", o.topk.keep));
+  }
+  return o;
+}
+
+std::string describe_fish_options(const FishOptions& o) {
+  std::string include, exclude;
+  for (const auto& g : o.fisher.include) include += (include.empty() ? "" : ",") + g;
+  for (const auto& g : o.fisher.exclude) exclude += (exclude.empty() ? "" : ",") + g;
+  std::string out = o.topk.count > 0 ? fmt::format("count={}", o.topk.count) : fmt::format("keep={}", o.topk.keep);
+  if (o.topk.per_tensor) out += ",per_tensor";
+  if (!o.mask_path.empty()) {
+    out += ",mask=" + o.mask_path;
+  } else {
+    out += ",select=" + o.select;
+    if (o.select == "fisher") {
+      out += fmt::format(",fisher={},samples={}", o.fisher.kind == FisherKind::Batch ? "batch" : "sample", o.samples);
+      if (o.fisher.kind == FisherKind::Batch) out += fmt::format(",batch={}", o.fisher.batch_size);
+    }
+    if (o.select != "magnitude") out += fmt::format(",seed={}", o.seed);
+  }
+  return out + ",include=" + include + ",exclude=" + exclude;
+}
+
+// ---- the mask -------------------------------------------------------------------------------------
+
+Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_t available,
+                       comm::Communicator* comm, const FishOptions& options) {
+  NamedTensors scores;
+  int64_t used = 0;
+  if (options.select == "fisher") {
+    DT_CHECK(sample && available > 0 && comm, "FISH: the Fisher mask needs training samples and a communicator");
+    used = std::min(options.samples, available);
+    scores = compute_fisher(backbone, sample, used, *comm, options.fisher);
+  } else {
+    std::map<std::string, at::Tensor> by_name;
+    for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+    for (const auto& meta : eligible_tensors(backbone.config(), options.fisher.include, options.fisher.exclude)) {
+      const at::Tensor& w = by_name.at(meta.name);
+      scores.emplace_back(meta.name, options.select == "magnitude"
+                                         ? w.detach().abs().to(at::kFloat)
+                                         : at::rand(w.sizes(), gen, at::TensorOptions().dtype(at::kFloat)));
+    }
+  }
+  DT_CHECK(!scores.empty(), "FISH: no eligible tensor (check --fish.include / --fish.exclude)");
+  Mask mask = top_k_mask(scores, options.topk);
+  mask.metadata["method"] = "fish";
+  mask.metadata["options"] = describe_fish_options(options);
+  mask.metadata["model"] = backbone.config().name;
+  mask.metadata["eligible_params"] = std::to_string(model::total_params(
+      eligible_tensors(backbone.config(), options.fisher.include, options.fisher.exclude)));
+  if (options.select == "fisher") {
+    mask.metadata["samples"] = std::to_string(used);
+    mask.metadata["world_size"] = std::to_string(comm->size());
+  }
+  return mask;
+}
+
+bool needs_data(const peft::MethodSet& methods) {
+  for (const auto& m : methods.methods()) {
+    if (auto* fish = dynamic_cast<FishMethod*>(m.get()); fish && fish->needs_data()) return true;
+  }
+  return false;
+}
+
+void prepare_fish(const peft::MethodSet& methods, model::Backbone& backbone, const SampleFn& sample,
+                  int64_t available, comm::Communicator& comm) {
+  for (const auto& m : methods.methods()) {
+    auto* fish = dynamic_cast<FishMethod*>(m.get());
+    if (!fish || !fish->needs_data()) continue;
+    Mask mask = compute_fish_mask(backbone, sample, available, &comm, fish->options());
+    log::info("fish: mask of {} entries over {} tensors from the Fisher of {} samples (hash {})", mask.count(),
+              mask.entries.size(), mask.metadata["samples"], mask.hash_hex());
+    fish->set_mask(std::move(mask));
+  }
+}
+
+// ---- the method -----------------------------------------------------------------------------------
+
+std::vector<model::TensorMeta> FishMethod::plan(const model::ModelConfig& config) const {
+  int64_t k = 0;
+  if (mask_) {
+    k = mask_->count();
+  } else if (!options_.mask_path.empty()) {
+    k = mask_file_count(options_.mask_path);
+  } else {
+    k = mask_count(eligible_tensors(config, options_.fisher.include, options_.fisher.exclude), options_.topk);
+  }
+  return {{"fish.values", {k}}};
+}
+
+std::vector<peft::Trainable> FishMethod::attach(model::Backbone& backbone) {
+  if (!mask_) {
+    if (!options_.mask_path.empty()) {
+      Mask loaded = load_mask(options_.mask_path);
+      std::vector<model::TensorMeta> tensors;
+      for (auto& meta : model::describe(backbone.config())) {
+        if (!is_head_name(meta.name)) tensors.push_back(std::move(meta));
+      }
+      check_mask_fits(loaded, tensors, options_.mask_path);
+      set_mask(std::move(loaded));
+    } else if (options_.select != "fisher") {
+      // Magnitude / random selection is local and deterministic: the same mask on every rank.
+      set_mask(compute_fish_mask(backbone, {}, 0, nullptr, options_));
+    } else {
+      throw_usage_error(
+          "--method fish: the Fisher mask needs training data, which attaching the method does not get; compute it "
+          "first (`deltatune mask ... --fish.mask-out M` then --fish.mask M, or sparse::prepare_fish before apply), or "
+          "use --fish.select magnitude|random");
+    }
+  }
+  std::map<std::string, at::Tensor> by_name;
+  for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+  at::Tensor values = at::zeros({mask_->count()}, at::kFloat).requires_grad_(true);
+  int64_t offset = 0;
+  for (const auto& e : mask_->entries) {
+    auto it = by_name.find(e.name);
+    DT_CHECK(it != by_name.end(), "fish: the backbone has no parameter '" + e.name + "'");
+    DT_CHECK(it->second.sizes().vec() == e.shape, "fish: mask shape of '" + e.name + "' differs from the parameter");
+    const at::Tensor idx = e.indices.to(at::kLong).contiguous();
+    const int64_t begin = offset, count = e.count();
+    backbone.hooks().set_weight(e.name, [values, idx, begin, count](const at::Tensor& w) {
+      return add_scattered(w, idx, values.narrow(0, begin, count));
+    });
+    offset += count;
+  }
+  return {{"fish.values", values, "fish"}};
+}
+
+std::string FishMethod::describe() const {
+  return "fish(" + describe_fish_options(options_) + (mask_ ? ",mask_hash=" + mask_->hash_hex() : "") + ")";
+}
+
+// ---- accounting -------------------------------------------------------------------------------------
+
+SparseAccounting FishMethod::accounting(const model::ModelConfig& config) const {
+  SparseAccounting a;
+  a.sparse = true;
+  const auto tensors = eligible_tensors(config, options_.fisher.include, options_.fisher.exclude);
+  a.eligible_params = model::total_params(tensors);
+  if (mask_ || !options_.mask_path.empty()) {
+    const Mask loaded = mask_ ? Mask{} : load_mask(options_.mask_path);
+    const Mask& m = mask_ ? *mask_ : loaded;
+    for (const auto& e : m.entries) {
+      const at::Tensor idx = e.indices.to(at::kLong).contiguous();
+      const std::vector<int64_t> v(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+      a.index_bytes += encoded_index_bytes(v, e.numel());
+    }
+    return a;
+  }
+  const int64_t k = mask_count(tensors, options_.topk);
+  const double density = a.eligible_params > 0 ? static_cast<double>(k) / static_cast<double>(a.eligible_params) : 0;
+  for (const auto& t : tensors) {
+    const double keep = options_.topk.per_tensor ? options_.topk.keep : density;
+    const int64_t k_t = std::llround(keep * static_cast<double>(t.numel()));
+    if (k_t > 0) a.index_bytes += index_bytes_bound(k_t, t.numel());
+  }
+  return a;
+}
+
+SparseAccounting sparse_accounting(const peft::MethodSet& methods, const model::ModelConfig& config) {
+  SparseAccounting total;
+  for (const auto& m : methods.methods()) {
+    SparseAccounting a;
+    if (const auto* fish = dynamic_cast<const FishMethod*>(m.get())) {
+      a = fish->accounting(config);
+    } else if (const auto* dsee = dynamic_cast<const DseeMethod*>(m.get())) {
+      a = dsee->accounting(config);
+    } else {
+      continue;
+    }
+    total.sparse = true;
+    total.eligible_params += a.eligible_params;
+    total.index_bytes += a.index_bytes;
+  }
+  return total;
+}
+
+void register_fish(peft::Registry& registry) {
+  registry.add({"fish", "FISH: a fixed sparse mask by Fisher information; trains the k masked values only",
+                [](po::options_description& desc) {
+                  desc.add_options()
+                      ("fish.keep", po::value<double>()->default_value(0.005), "fraction of the eligible parameters to train")
+                      ("fish.count", po::value<int64_t>()->default_value(0), "train exactly this many (overrides --fish.keep)")
+                      ("fish.per-tensor", po::bool_switch(), "keep round(keep x size) in every tensor instead of a global top-k")
+                      ("fish.samples", po::value<int64_t>()->default_value(1024), "training examples the Fisher is summed over")
+                      ("fish.fisher", po::value<std::string>()->default_value("sample"),
+                       "sample: per-example squared gradients (FISH) | batch: squared batch-mean gradient x batch size")
+                      ("fish.batch-size", po::value<int64_t>()->default_value(16), "examples per backward with --fish.fisher batch")
+                      ("fish.include", po::value<std::string>()->default_value("*"),
+                       "comma-separated globs of the backbone tensors the mask is chosen from (HF names)")
+                      ("fish.exclude", po::value<std::string>()->default_value(""), "comma-separated globs to leave out")
+                      ("fish.select", po::value<std::string>()->default_value("fisher"),
+                       "fisher | magnitude (largest |W|) | random: how the mask is chosen")
+                      ("fish.mask", po::value<std::string>(), "a mask file from `deltatune mask` (instead of computing one)")
+                      ("fish.seed", po::value<uint64_t>()->default_value(0), "order of the Fisher samples; random selection");
+                },
+                [](const po::variables_map& vm) { return std::make_unique<FishMethod>(fish_options(vm)); }});
+}
+
+void register_methods() {
+  static const bool done = [] {
+    auto& registry = peft::Registry::global();
+    const auto names = registry.names();
+    if (std::find(names.begin(), names.end(), "fish") == names.end()) register_fish(registry);
+    if (std::find(names.begin(), names.end(), "dsee") == names.end()) register_dsee(registry);
+    return true;
+  }();
+  (void)done;
+}
+
+}  // namespace dt::sparse

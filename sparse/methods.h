@@ -1,0 +1,139 @@
+// sparse/methods.h — the sparse PEFT methods (FISH, DSEE) and what launch/ calls around them.
+//
+// Design note: FISH and DSEE are ordinary peft::Methods whose trainable tensors are dense VALUES over
+// fixed flat indices of frozen weights, applied by weight hooks W' = W + scatter(values) (plus B·A
+// for DSEE). So the optimizer state and the gradient dist::GradSync all-reduces are exactly the k
+// values: dist/ never sees a mask, and the wire carries 4k bytes per step instead of the dense size.
+//
+// FISH ("fish"): one trainable "fish.values" [k], k = round(keep × eligible) (or --fish.count, or
+// Σ round(keep × n_t) with --fish.per-tensor, or the loaded mask's count): plan() knows k from the
+// config alone although the split over tensors needs the Fisher; attach() creates that one flat
+// tensor and hooks per masked tensor a narrow() view of it (contiguous on the wire, one bucket).
+// The mask comes from --fish.mask PATH (`deltatune mask` writes it), from prepare_fish() before
+// attach (the Fisher needs data, which attach() does not get), or, for --fish.select magnitude |
+// random, from the weights alone at attach. describe() carries the mask's hash once it is known, so
+// the start-up agreement of `train` (item "method") catches ranks holding different masks.
+//
+// DSEE ("dsee"): per target weight W [out, in] (--dsee.targets, default q,v as the DSEE code):
+// W' = W + (B·A + S)·(alpha / r) with A [r, in] ~ N(0, 0.02), B [out, r] = 0 and S holding
+// --dsee.sparse values (zero at start) at fixed indices chosen from the pretrained W: the support of
+// the sparse part of a GreBsmo-style robust decomposition W ≈ U·V + S (--dsee.select grebsmo), or
+// the largest |W| (magnitude). Trainables per target: "<module>.dsee_A.weight", ".dsee_B.weight",
+// ".dsee_S.values". S is never dense (the DSEE code keeps a dense S and masks its gradient).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <boost/program_options/variables_map.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "model/backbone.h"
+#include "model/config.h"
+#include "peft/method.h"
+#include "sparse/fisher.h"
+#include "sparse/mask.h"
+
+namespace dt::sparse {
+
+// Registers "fish" and "dsee" into peft::Registry::global() (once; later calls do nothing).
+void register_methods();
+void register_fish(peft::Registry& registry);
+void register_dsee(peft::Registry& registry);
+
+// ---- plan accounting -------------------------------------------------------------------------------
+struct SparseAccounting {
+  bool sparse = false;          // some method of the set is sparse
+  int64_t eligible_params = 0;  // what masks / index sets are chosen from
+  int64_t index_bytes = 0;      // index storage a checkpoint adds (sparse/index_codec.h)
+};
+
+// ---- FISH ----------------------------------------------------------------------------------------
+struct FishOptions {
+  TopKOptions topk;          // --fish.keep, --fish.count, --fish.per-tensor
+  FisherOptions fisher;      // --fish.fisher, --fish.batch-size, --fish.include, --fish.exclude
+  int64_t samples = 1024;    // --fish.samples (capped by the data available)
+  std::string select = "fisher";  // --fish.select fisher | magnitude | random
+  std::string mask_path;     // --fish.mask
+  uint64_t seed = 0;         // --fish.seed: sample order (mask) and the random selection
+};
+FishOptions fish_options(const boost::program_options::variables_map& vm);
+std::string describe_fish_options(const FishOptions& options);
+
+class FishMethod final : public peft::Method {
+ public:
+  explicit FishMethod(FishOptions options) : options_(std::move(options)) {}
+  std::string name() const override { return "fish"; }
+  std::vector<model::TensorMeta> plan(const model::ModelConfig& config) const override;
+  std::vector<peft::Trainable> attach(model::Backbone& backbone) override;
+  std::string describe() const override;
+  SparseAccounting accounting(const model::ModelConfig& config) const;
+
+  const FishOptions& options() const { return options_; }
+  // A mask computed beforehand (prepare_fish); attach() then uses it.
+  void set_mask(Mask mask) { mask_ = std::make_shared<Mask>(std::move(mask)); }
+  const Mask* mask() const { return mask_.get(); }
+  // True when attach() cannot make the mask itself (Fisher selection and no --fish.mask, no mask set).
+  bool needs_data() const { return !mask_ && options_.mask_path.empty() && options_.select == "fisher"; }
+
+ private:
+  FishOptions options_;
+  std::shared_ptr<Mask> mask_;
+};
+
+// The mask of `options` over `backbone` (collective when the Fisher is computed: every rank calls
+// it). Fisher selection uses samples 0..min(samples, available)-1 of `sample`; magnitude / random
+// need no data (`sample` may be empty). Metadata records how the mask was made.
+// `comm` may be null for magnitude / random.
+Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_t available,
+                       comm::Communicator* comm, const FishOptions& options);
+
+// Whether some FISH method of `methods` needs prepare_fish() before apply().
+bool needs_data(const peft::MethodSet& methods);
+// For every FISH method of `methods` that needs_data(): computes its Fisher mask over `backbone` and
+// hands it over. Collective. Call before methods.apply(backbone). Logs the per-tensor counts (rank 0).
+void prepare_fish(const peft::MethodSet& methods, model::Backbone& backbone, const SampleFn& sample,
+                  int64_t available, comm::Communicator& comm);
+
+// Summed over the sparse methods of the set, from the config alone. FISH's index bytes assume the kept entries spread over the tensors in
+// proportion to their size (exact per-tensor counts with --fish.per-tensor; exact bytes with
+// --fish.mask); DSEE's are exact counts with the widest-gap bound.
+SparseAccounting sparse_accounting(const peft::MethodSet& methods, const model::ModelConfig& config);
+
+// ---- DSEE ----------------------------------------------------------------------------------------
+struct DseeOptions {
+  int64_t rank = 4;                            // --dsee.rank
+  double alpha = 4.0;                          // --dsee.alpha (scale alpha / rank; default: = rank)
+  int64_t sparse = 128;                        // --dsee.sparse: nonzeros of S per target
+  std::string select = "grebsmo";              // --dsee.select grebsmo | magnitude
+  std::vector<std::string> targets = {"q", "v"};  // --dsee.targets: q, k, v, o, wi, wo
+};
+DseeOptions dsee_options(const boost::program_options::variables_map& vm);
+
+class DseeMethod final : public peft::Method {
+ public:
+  explicit DseeMethod(DseeOptions options) : options_(std::move(options)) {}
+  std::string name() const override { return "dsee"; }
+  std::vector<model::TensorMeta> plan(const model::ModelConfig& config) const override;
+  std::vector<peft::Trainable> attach(model::Backbone& backbone) override;
+  std::string describe() const override;
+  SparseAccounting accounting(const model::ModelConfig& config) const;
+  // The fixed indices of S per target weight, after attach() (checkpoints store them).
+  const Mask& support() const { return support_; }
+
+ private:
+  DseeOptions options_;
+  Mask support_;
+};
+
+// The `card` flat indices (sorted) of the sparse part of W ≈ L + S, L of rank `rank`, after `iters`
+// alternations: L = best rank-`rank` approximation of W − S (SVD), S = the `card` largest |W − L|.
+at::Tensor grebsmo_support(const at::Tensor& w, int64_t rank, int64_t card, int iters = 4);
+// The `card` largest |W| (ties: lower flat index), sorted.
+at::Tensor magnitude_support(const at::Tensor& w, int64_t card);
+
+}  // namespace dt::sparse

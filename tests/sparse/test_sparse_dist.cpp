@@ -1,0 +1,227 @@
+// Distributed tests of sparse/ (np 1, 2, 4): the Fisher summed over ranks equals the one-rank Fisher
+// of the same samples; FISH and DSEE trained as values over fixed indices follow dense training with
+// masked gradients step by step, while GradSync's all-reduce carries only the values.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <map>
+
+#include "comm/mpi.h"
+#include "dist/agreement.h"
+#include "dist/grad_sync.h"
+#include "sparse/methods.h"
+#include "sparse/scatter.h"
+#include "tests/mpi_test_util.h"
+#include "tests/sparse/test_sparse_util.h"
+
+using namespace dt;
+
+namespace {
+
+comm::Communicator& self_comm() {
+  static auto c = comm::make_mpi_communicator(MPI_COMM_SELF);
+  return *c;
+}
+
+// Every rank a different batch of 3 (rank-dependent ids), the same on every run.
+model::Batch rank_batch(const model::ModelConfig& config, int step) {
+  auto& comm = dt::testing::test_comm();
+  const int64_t base = 100 + 3 * (step * comm.size() + comm.rank());
+  return dt::testing::sample_batch(config, {base, base + 1, base + 2});
+}
+
+uint64_t allreduce_bytes() { return dt::testing::test_comm().counters(comm::Collective::AllReduce).bytes; }
+
+void sgd(const std::vector<at::Tensor>& params, double lr) {
+  torch::NoGradGuard no_grad;
+  for (const auto& p : params) {
+    if (p.grad().defined()) p.sub_(p.grad(), lr);
+  }
+}
+
+std::map<std::string, at::Tensor> by_name(const model::Backbone& b) {
+  std::map<std::string, at::Tensor> out;
+  for (const auto& [n, t] : b.named_parameters()) out.emplace(n, t);
+  return out;
+}
+
+}  // namespace
+
+TEST(FisherDist, SumOverRanksEqualsOneRankFisher) {
+  auto backbone = dt::testing::tiny_backbone();
+  const auto sample = dt::testing::sample_fn(backbone->config());
+  for (auto kind : {sparse::FisherKind::PerSample, sparse::FisherKind::Batch}) {
+    sparse::FisherOptions o;
+    o.kind = kind;
+    o.batch_size = 3;
+    const auto dist = sparse::compute_fisher(*backbone, sample, 13, dt::testing::test_comm(), o);
+    const auto local = sparse::compute_fisher(*backbone, sample, 13, self_comm(), o);
+    ASSERT_EQ(dist.size(), local.size());
+    for (size_t t = 0; t < dist.size(); ++t) {
+      EXPECT_TRUE(at::allclose(dist[t].second, local[t].second, 1e-5, 1e-12)) << dist[t].first;
+    }
+    // Every rank holds the same Fisher (the all-reduce result), hence the same mask.
+    sparse::TopKOptions k;
+    k.keep = 0.02;
+    const auto mask = sparse::top_k_mask(dist, k);
+    dist::agree_or_throw(dt::testing::test_comm(), {{"mask", mask.hash_hex()}});
+    EXPECT_EQ(mask.hash(), sparse::top_k_mask(local, k).hash());
+  }
+}
+
+TEST(FishDist, ValuesOnlyTrainingEqualsDenseMaskedTraining) {
+  auto& comm = dt::testing::test_comm();
+  // ---- values over fixed indices: the Fisher mask computed before attach (train.cpp's path)
+  auto sparse_model = dt::testing::tiny_backbone();
+  const auto& config = sparse_model->config();
+  const auto set = dt::testing::method_set("fish", {"--fish.keep", "0.02", "--fish.samples", "16"});
+  ASSERT_TRUE(sparse::needs_data(set));
+  sparse::prepare_fish(set, *sparse_model, dt::testing::sample_fn(config), 40, comm);
+  EXPECT_FALSE(sparse::needs_data(set));
+  const auto trainables = set.apply(*sparse_model);
+  dist::agree_or_throw(comm, {{"method", set.describe()}});  // carries the mask hash
+  const auto* fish = dynamic_cast<const sparse::FishMethod*>(set.methods()[0].get());
+  const sparse::Mask& mask = *fish->mask();
+  const int64_t k = std::llround(0.02 * sparse::eligible_params(config, {"*"}, {}));
+  ASSERT_EQ(mask.count(), k);
+  ASSERT_EQ(trainables.size(), 2u);  // fish.values [k], score.weight
+  EXPECT_EQ(trainables[0].name, "fish.values");
+  EXPECT_EQ(trainables[0].tensor.numel(), k);
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  std::vector<at::Tensor> params;
+  int64_t trainable_numel = 0;
+  for (const auto& t : trainables) {
+    named.emplace_back(t.name, t.tensor);
+    params.push_back(t.tensor);
+    trainable_numel += t.tensor.numel();
+  }
+  dist::GradSync sync(comm, named);
+
+  // ---- the dense reference: every masked tensor trains densely, its gradient masked
+  auto dense_model = dt::testing::tiny_backbone();
+  auto dense_params = by_name(*dense_model);
+  std::vector<std::pair<std::string, at::Tensor>> dense_named;
+  std::vector<at::Tensor> dense_list, masks;
+  for (const auto& e : mask.entries) {
+    at::Tensor p = dense_params.at(e.name);
+    p.requires_grad_(true);
+    dense_named.emplace_back(e.name, p);
+    dense_list.push_back(p);
+    masks.push_back(at::zeros({p.numel()}).index_fill_(0, e.indices, 1.0).view(p.sizes()));
+  }
+  dense_named.emplace_back("score.weight", dense_params.at("score.weight").requires_grad_(true));
+  dense_list.push_back(dense_params.at("score.weight"));
+  masks.push_back(at::ones_like(dense_params.at("score.weight")));
+  dist::GradSync dense_sync(comm, dense_named);
+
+  const double lr = 0.5;
+  for (int step = 0; step < 5; ++step) {
+    const auto batch = rank_batch(config, step);
+    const uint64_t before = allreduce_bytes();
+    const at::Tensor loss = sparse_model->forward(batch).loss;
+    loss.backward();
+    sync.finish();
+    // Only the k values (and the 2 x 64 head) went on the wire.
+    EXPECT_EQ(allreduce_bytes() - before, static_cast<uint64_t>(4 * trainable_numel)) << "step " << step;
+    sgd(params, lr);
+    sync.zero_grad();
+
+    const at::Tensor dense_loss = dense_model->forward(batch).loss;
+    dense_loss.backward();
+    dense_sync.finish();
+    for (size_t i = 0; i < dense_list.size(); ++i) dense_list[i].mutable_grad().mul_(masks[i]);
+    sgd(dense_list, lr);
+    dense_sync.zero_grad();
+    EXPECT_NEAR(loss.item<double>(), dense_loss.item<double>(), 1e-5) << "step " << step;
+  }
+  // Same effective weights: W + scatter(values) == the dense weights; unmasked entries unchanged.
+  torch::NoGradGuard no_grad;
+  auto sparse_params = by_name(*sparse_model);
+  for (size_t i = 0; i < mask.entries.size(); ++i) {
+    const auto& e = mask.entries[i];
+    const at::Tensor eff = sparse_model->hooks().weight(e.name, sparse_params.at(e.name));
+    EXPECT_TRUE(at::allclose(eff, dense_list[i], 1e-5, 1e-6)) << e.name;
+    EXPECT_TRUE(at::equal(eff * (1 - masks[i]), sparse_params.at(e.name) * (1 - masks[i]))) << e.name;
+  }
+  EXPECT_GT(trainables[0].tensor.abs().sum().item<double>(), 0);
+}
+
+TEST(DseeDist, ValuesOnlyTrainingEqualsDenseReference) {
+  auto& comm = dt::testing::test_comm();
+  auto sparse_model = dt::testing::tiny_backbone();
+  const auto& config = sparse_model->config();
+  const auto set = dt::testing::method_set("dsee", {"--dsee.rank", "2", "--dsee.sparse", "16", "--dsee.alpha", "4"});
+  torch::manual_seed(3);
+  const auto trainables = set.apply(*sparse_model);
+  dist::agree_or_throw(comm, {{"method", set.describe()}});
+  const auto& support = dynamic_cast<const sparse::DseeMethod*>(set.methods()[0].get())->support();
+  std::vector<std::pair<std::string, at::Tensor>> named;
+  std::vector<at::Tensor> params;
+  int64_t numel = 0, s_numel = 0;
+  for (const auto& t : trainables) {
+    named.emplace_back(t.name, t.tensor);
+    params.push_back(t.tensor);
+    numel += t.tensor.numel();
+    if (t.name.find("dsee_S") != std::string::npos) s_numel += t.tensor.numel();
+  }
+  EXPECT_EQ(s_numel, 16 * static_cast<int64_t>(support.entries.size()));
+  dist::GradSync sync(comm, named);
+
+  // Dense reference (the DSEE code's form): S a dense [out, in] trainable whose gradient is masked.
+  auto dense_model = dt::testing::tiny_backbone();
+  const double scale = 4.0 / 2.0;
+  std::vector<std::pair<std::string, at::Tensor>> dense_named;
+  std::vector<at::Tensor> dense_list, dense_masks;
+  std::map<std::string, at::Tensor> tr;
+  for (const auto& t : trainables) tr[t.name] = t.tensor;
+  for (const auto& e : support.entries) {
+    const std::string m = e.name.substr(0, e.name.rfind(".weight"));
+    at::Tensor a = tr.at(m + ".dsee_A.weight").detach().clone().requires_grad_(true);
+    at::Tensor b = tr.at(m + ".dsee_B.weight").detach().clone().requires_grad_(true);
+    at::Tensor s = at::zeros(e.shape).requires_grad_(true);
+    dense_model->hooks().set_weight(e.name, [a, b, s, scale](const at::Tensor& w) {
+      return w + (at::matmul(b, a) + s) * scale;
+    });
+    for (auto& [suffix, t, msk] : std::vector<std::tuple<std::string, at::Tensor, at::Tensor>>{
+             {".dsee_A.weight", a, at::ones_like(a)},
+             {".dsee_B.weight", b, at::ones_like(b)},
+             {".dsee_S.dense", s, at::zeros({s.numel()}).index_fill_(0, e.indices, 1.0).view(s.sizes())}}) {
+      dense_named.emplace_back(m + suffix, t);
+      dense_list.push_back(t);
+      dense_masks.push_back(msk);
+    }
+  }
+  at::Tensor head = by_name(*dense_model).at("score.weight").requires_grad_(true);
+  dense_named.emplace_back("score.weight", head);
+  dense_list.push_back(head);
+  dense_masks.push_back(at::ones_like(head));
+  dist::GradSync dense_sync(comm, dense_named);
+
+  for (int step = 0; step < 5; ++step) {
+    const auto batch = rank_batch(config, step);
+    const uint64_t before = allreduce_bytes();
+    const at::Tensor loss = sparse_model->forward(batch).loss;
+    loss.backward();
+    sync.finish();
+    EXPECT_EQ(allreduce_bytes() - before, static_cast<uint64_t>(4 * numel)) << "step " << step;
+    sgd(params, 0.5);
+    sync.zero_grad();
+    const at::Tensor dense_loss = dense_model->forward(batch).loss;
+    dense_loss.backward();
+    dense_sync.finish();
+    for (size_t i = 0; i < dense_list.size(); ++i) dense_list[i].mutable_grad().mul_(dense_masks[i]);
+    sgd(dense_list, 0.5);
+    dense_sync.zero_grad();
+    EXPECT_NEAR(loss.item<double>(), dense_loss.item<double>(), 1e-5) << "step " << step;
+  }
+  torch::NoGradGuard no_grad;
+  auto sp = by_name(*sparse_model);
+  auto dp = by_name(*dense_model);
+  for (const auto& e : support.entries) {
+    const at::Tensor a = sparse_model->hooks().weight(e.name, sp.at(e.name));
+    const at::Tensor b = dense_model->hooks().weight(e.name, dp.at(e.name));
+    EXPECT_TRUE(at::allclose(a, b, 1e-5, 1e-6)) << e.name;
+    EXPECT_FALSE(at::equal(a, sp.at(e.name))) << e.name << " did not train";
+  }
+}
