@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <fstream>
 #include <iostream>
 #include <map>
 
@@ -35,46 +34,6 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// The config of a llama2.c checkpoint from its 28-byte header (the size is checked, nothing else read).
-model::ModelConfig llama2c_config(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw UsageError("cannot read model file '" + path + "'");
-  int32_t h[7];
-  if (!in.read(reinterpret_cast<char*>(h), sizeof(h))) throw UsageError(path + ": shorter than a llama2.c header");
-  model::Llama2cHeader header;
-  header.dim = h[0], header.hidden_dim = h[1], header.n_layers = h[2], header.n_heads = h[3];
-  header.n_kv_heads = h[4], header.vocab_size = h[5] < 0 ? -h[5] : h[5], header.seq_len = h[6];
-  header.shared_classifier = h[5] > 0;
-  for (int32_t v : h) {
-    if (v == 0) throw UsageError(path + ": not a llama2.c checkpoint (a zero in its header)");
-  }
-  if (header.dim <= 0 || header.n_heads <= 0 || header.n_kv_heads <= 0 || header.dim % header.n_heads != 0) {
-    throw UsageError(path + ": not a llama2.c checkpoint (header " + std::to_string(h[0]) + " " +
-                     std::to_string(h[3]) + " " + std::to_string(h[4]) + ")");
-  }
-  in.seekg(0, std::ios::end);
-  const int64_t size = static_cast<int64_t>(in.tellg());
-  if (size != model::llama2c_file_size(header)) {
-    throw UsageError(path + ": " + std::to_string(size) + " bytes, but its header implies " +
-                     std::to_string(model::llama2c_file_size(header)));
-  }
-  model::ModelConfig c;
-  c.name = path;
-  c.arch = model::Arch::Llama;
-  c.vocab_size = header.vocab_size;
-  c.d_model = header.dim;
-  c.d_ff = header.hidden_dim;
-  c.num_heads = header.n_heads;
-  c.num_kv_heads = header.n_kv_heads;
-  c.d_kv = header.dim / header.n_heads;
-  c.num_layers = header.n_layers;
-  c.gated_ffn = true;
-  c.activation = "silu";
-  c.tie_word_embeddings = header.shared_classifier;
-  c.max_seq_len = header.seq_len;
-  c.norm_eps = 1e-5;
-  return c;
-}
 
 // "encoder.block.3.layer.0.SelfAttention.q.weight" -> "encoder.block.*.layer.0.SelfAttention.q": one
 // row per kind of tensor, whatever the depth.
@@ -168,7 +127,7 @@ int run_plan(const po::variables_map& vm) {
     trainable = metas;
   } else {
     const model::ModelConfig config =
-        ends_with(model_arg, ".bin") ? llama2c_config(model_arg) : model::named_config(model_arg);
+        ends_with(model_arg, ".bin") ? model::read_llama2c_config(model_arg) : model::named_config(model_arg);
     metas = model::describe(config);
     trainable = methods.plan(config, num_labels);
     arch = arch_name(config.arch);

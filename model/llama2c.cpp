@@ -59,8 +59,11 @@ at::Tensor permute_rotary_rows(const at::Tensor& w, int64_t heads) {
   return w.view({heads, rows / heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols});
 }
 
-Llama2cModel read_llama2c(const std::string& path) {
-  auto file = MappedFile::open(path);
+namespace {
+
+// Parses and checks the 28-byte header of a mapped llama2.c file, including the exact file size.
+Llama2cHeader parse_header(const MappedFile& mapped, const std::string& path) {
+  const MappedFile* file = &mapped;  // (the checks below read the mapping through `file`)
   auto bad = [&](const std::string& problem) { throw_usage_error(path + ": " + problem); };
   if (file->size() < static_cast<uint64_t>(kHeaderBytes))
     bad("file is truncated: " + std::to_string(file->size()) +
@@ -86,9 +89,11 @@ Llama2cModel read_llama2c(const std::string& path) {
         ": " + std::to_string(file->size()) + " bytes, but the header (" + header_text(h) +
         (h.shared_classifier ? ", shared classifier" : ", separate classifier") + ") implies " +
         std::to_string(expected));
+  return h;
+}
 
-  Llama2cModel m;
-  ModelConfig& c = m.config;
+ModelConfig config_from_header(const Llama2cHeader& h, const std::string& path) {
+  ModelConfig c;
   c.name = path;
   c.arch = Arch::Llama;
   c.vocab_size = h.vocab_size;
@@ -105,6 +110,22 @@ Llama2cModel read_llama2c(const std::string& path) {
   c.rope_theta = 10000.0;
   c.norm_eps = 1e-5;  // run.c's rmsnorm
   c.dtype = c10::ScalarType::Float;
+  return c;
+}
+
+}  // namespace
+
+ModelConfig read_llama2c_config(const std::string& path) {
+  auto file = MappedFile::open(path);  // maps, reads only the header's page
+  return config_from_header(parse_header(*file, path), path);
+}
+
+Llama2cModel read_llama2c(const std::string& path) {
+  auto file = MappedFile::open(path);
+  const Llama2cHeader h = parse_header(*file, path);
+  Llama2cModel m;
+  m.config = config_from_header(h, path);
+  const ModelConfig& c = m.config;
 
   // Walk the file in its order; each tensor is a view of the mapping, stacked over layers.
   const int64_t L = h.n_layers, dim = h.dim, hidden = h.hidden_dim, head = c.d_kv;

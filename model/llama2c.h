@@ -39,6 +39,8 @@ struct Llama2cModel {
 
 // Throws dt::UsageError "<path>: <problem>" (truncated, nonsensical header, size mismatch).
 Llama2cModel read_llama2c(const std::string& path);
+// Only the config, from the header (the file size is checked; no weights are read).
+ModelConfig read_llama2c_config(const std::string& path);
 
 // The exact file size a header implies (header included), or -1 when it overflows.
 int64_t llama2c_file_size(const Llama2cHeader& h);
