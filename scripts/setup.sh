@@ -37,6 +37,8 @@ if ((${#missing[@]})); then
 fi
 
 # ---- build --------------------------------------------------------------------------------------
+# ccache keyed on paths relative to the checkout, so a second clone (CI's) reuses the first's objects.
+export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 jobs=$(nproc)
 if [ ! -f build/build.ninja ]; then
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
