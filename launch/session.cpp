@@ -110,12 +110,13 @@ Session::~Session() = default;
 void shutdown_mpi(bool failed) {
   auto& runtime = mpi_runtime();
   if (!runtime) return;
+  // Through mpi_call: where MPI is funneled, only the communication thread may call it.
   int size = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  comm::mpi_call([&] { MPI_Comm_size(MPI_COMM_WORLD, &size); });
   if (failed && size > 1) {
     std::fflush(stdout);
     std::fflush(stderr);
-    MPI_Abort(MPI_COMM_WORLD, 1);
+    comm::mpi_call([] { MPI_Abort(MPI_COMM_WORLD, 1); });
   }
   runtime.reset();
 }
