@@ -68,6 +68,33 @@ for name, extra in methods.items():
     print(f"{name}: {trainable} trainable, losses {[round(r['loss'], 5) for r in steps2]}, "
           f"{steps2[-1]['bytes_allreduced']} B in {steps2[-1]['collectives']} collective(s) per step")
 
+# Accumulation: np 2 × batch 2 × 2 micro-steps sees the same 8 examples per step as np 1 × batch 8,
+# and communicates on the last micro-step only.
+lora_np1 = run(1, 8, methods["lora"], "lora-np1-again")
+accum = run(2, 2, methods["lora"] + ["--train.accum", "2"], "lora-accum")
+if lora_np1 and accum:
+    ref = [r for r in lora_np1[0] if "loss" in r]
+    got = [r for r in accum[0] if "loss" in r]
+    for a, b in zip(ref, got):
+        if not close(a["loss"], b["loss"], 2e-4):
+            failures.append(f"accum: step {a['step']} loss np1 {a['loss']} != np2 accum {b['loss']}")
+        # The first micro-step communicates nothing: a step costs the buckets' collectives once.
+        if b["collectives"] != a["collectives"] or b["bytes_allreduced"] != a["bytes_allreduced"]:
+            failures.append(f"accum: step {b['step']} {b['collectives']} collectives / {b['bytes_allreduced']} B, "
+                            f"want {a['collectives']} / {a['bytes_allreduced']} (last micro-step only)")
+    print(f"accumulation: losses {[round(r['loss'], 5) for r in got]}")
+
+# Start-up agreement: one rank with a different config -> every rank fails naming it, before step 1.
+cmd = ["mpirun", "--oversubscribe", "--bind-to", "none",
+       "-np", "1", binary, "train"] + common + methods["lora"] + [":",
+       "-np", "1", binary, "train"] + common + methods["lora"] + ["--train.seed", "7"]
+out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+text = out.stdout + out.stderr
+if out.returncode == 0 or "start-up mismatch in 'config'" not in text or "rank 1" not in text or "step     1" in text:
+    failures.append(f"mismatched config not refused before step 1 (exit {out.returncode}):\n{text[-2000:]}")
+else:
+    print("mismatched config refused: " + next(l for l in text.splitlines() if "start-up mismatch" in l).strip())
+
 # Compression halves the bytes on the wire and still trains.
 comp = run(2, 4, ["--method", "lora", "--dist.compress", "bf16"], "lora-bf16")
 if comp:
