@@ -12,6 +12,7 @@
 
 #include "launch/cli.h"
 #include "peft/method.h"
+#include "sparse/methods.h"
 #include "util/error.h"
 
 namespace dt::launch {
@@ -44,6 +45,7 @@ void add_method_options(po::options_description& desc) {
        "PEFT method, or several joined by '+': full, bitfit, houlsby, pfeiffer, parallel_adapter, lora, prefix, "
        "prompt, ia3, compacter, mam, lst, fish, dsee");
   // Each method declares its own section (--lora.r, ...): declared once, where the method lives.
+  sparse::register_methods();  // fish, dsee: peft cannot depend on sparse, so launch registers them
   peft::Registry::global().add_all_options(desc);
 }
 

@@ -9,6 +9,13 @@
 //   IndexPut       W.view(-1).index_put({idx}, v, true)     same work through the advanced-indexing path
 //   DenseDelta     W + zeros.index_put_({idx}, v)           a dense delta, then an add (two passes)
 //   SparseCoo      W + sparse_coo(idx, v).to_dense()        through torch.sparse (autograd needs to_dense)
+// Measured (bench_sparse_scatter 0.005 10, one thread, this 2-core CPU host, best of 10, ms):
+//   shape        k       index_add  index_put  dense_delta  sparse_coo
+//   768x768      2949    0.076      0.086      0.226        0.578
+//   768x3072     11796   0.930      1.470      2.119        8.201
+//   4096x4096    83886   83.5       89.6       169.9        215.1
+// index_add wins everywhere; at 4096² its time is mostly the fresh 64 MiB W' (page faults), which a
+// buffer reused across steps could save (not done: autograd keeps W' alive until backward).
 #pragma once
 
 #include <ATen/core/Tensor.h>
