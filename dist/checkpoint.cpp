@@ -627,12 +627,13 @@ CheckpointInfo inspect_checkpoint(const std::string& path) {
         di.raw_bytes = numel * static_cast<int64_t>(H5Tget_size(ftype));
         di.stored_bytes = static_cast<int64_t>(H5Dget_storage_size(d));
         hsize_t nchunks = 0;
-        if (numel > 0 && H5Dget_num_chunks(d, H5S_ALL, &nchunks) >= 0) {
+        Id space(check(H5Dget_space(d), "dataspace"), H5Sclose);
+        if (numel > 0 && H5Dget_num_chunks(d, space, &nchunks) >= 0) {
           for (hsize_t i = 0; i < nchunks; ++i) {
             unsigned mask = 0;
             haddr_t addr = 0;
             hsize_t size = 0;
-            if (H5Dget_chunk_info(d, H5S_ALL, i, nullptr, &mask, &addr, &size) >= 0) {
+            if (H5Dget_chunk_info(d, space, i, nullptr, &mask, &addr, &size) >= 0) {
               di.chunks.emplace_back(static_cast<int64_t>(addr), static_cast<int64_t>(size));
             }
           }
@@ -769,7 +770,7 @@ std::optional<ResumePoint> find_resume(const std::string& dir) {
     try {
       ResumePoint point{path, read_checkpoint(path)};
       const std::string name = fs::path(path).filename().string();
-      if (!latest.empty() && latest != name) {
+      if (!latest.empty() && latest != name && step_of_file(name) > step_of_file(latest)) {
         log::info("resume: 'latest' names {} but {} is newer and complete; using it", latest, name);
       }
       return point;

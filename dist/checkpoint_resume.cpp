@@ -237,7 +237,8 @@ class Sha256 {
       const size_t take = std::min(n, size_t{64} - fill_);
       std::memcpy(block_ + fill_, data, take);
       fill_ += take, data += take, n -= take;
-      if (fill_ == 64) compress(block_), fill_ = 0;
+      if (fill_ < 64) return;
+      compress(block_), fill_ = 0;
     }
     for (; n >= 64; data += 64, n -= 64) compress(data);
     std::memcpy(block_, data, n);

@@ -1,0 +1,9 @@
+# dist/checkpoint: HDF5 round trip, atomic writes, fault injection (truncation, flipped bytes, a full
+# disk via RLIMIT_FSIZE), validation, bitwise resume; the collective side on 2 and 4 ranks; the
+# T5-3B FISH 0.5% size check; the cluster/ scripts parse (bash -n).
+dt_add_test(NAME test_checkpoint SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_checkpoint.cpp LIBS dt_dist NP 1)
+dt_add_test(NAME test_checkpoint_dist SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_checkpoint_dist.cpp LIBS dt_dist NP 2 4)
+dt_add_test(NAME test_checkpoint_scale SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_checkpoint_scale.cpp
+            LIBS dt_dist dt_sparse NP 1)
+add_test(NAME cluster_scripts_parse
+         COMMAND /bin/bash -c "for f in ${PROJECT_SOURCE_DIR}/cluster/*.sh ${PROJECT_SOURCE_DIR}/cluster/*.sbatch; do bash -n \"$f\" || exit 1; done; ls ${PROJECT_SOURCE_DIR}/cluster/*.sbatch >/dev/null")
