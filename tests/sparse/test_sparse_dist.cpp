@@ -14,6 +14,7 @@
 #include "sparse/scatter.h"
 #include "tests/mpi_test_util.h"
 #include "tests/sparse/test_sparse_util.h"
+#include "util/error.h"
 
 using namespace dt;
 
@@ -223,5 +224,27 @@ TEST(DseeDist, ValuesOnlyTrainingEqualsDenseReference) {
     const at::Tensor b = dense_model->hooks().weight(e.name, dp.at(e.name));
     EXPECT_TRUE(at::allclose(a, b, 1e-5, 1e-6)) << e.name;
     EXPECT_FALSE(at::equal(a, sp.at(e.name))) << e.name << " did not train";
+  }
+}
+
+TEST(FishDist, RanksHoldingDifferentMasksFailTheStartUpAgreement) {
+  auto& comm = dt::testing::test_comm();
+  if (comm.size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  auto model = dt::testing::tiny_backbone();
+  // Same options everywhere; the masks differ (magnitude on rank 0, random elsewhere), as a stale
+  // mask file on one node would. describe() carries the mask hash into train's agreement item.
+  const auto set = dt::testing::method_set("fish", {"--fish.select", "magnitude", "--fish.keep", "0.02"});
+  auto* fish = dynamic_cast<sparse::FishMethod*>(set.methods()[0].get());
+  sparse::FishOptions other = fish->options();
+  other.select = comm.rank() == 0 ? "magnitude" : "random";
+  fish->set_mask(sparse::compute_fish_mask(*model, {}, 0, nullptr, other));
+  set.apply(*model);
+  try {
+    dist::agree_or_throw(comm, {{"method", set.describe()}});
+    ADD_FAILURE() << "different masks passed the agreement";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("'method'"), std::string::npos) << what;
+    EXPECT_NE(what.find("rank"), std::string::npos) << what;
   }
 }
