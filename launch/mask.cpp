@@ -77,7 +77,10 @@ int run_mask(const po::variables_map& vm) {
             data.size(), sparse::describe_fish_options(options));
 
   // ---- Fisher + top-k, the same on every rank
+  const auto fisher_start = std::chrono::steady_clock::now();
   sparse::Mask mask = sparse::compute_fish_mask(*backbone, sample, data.size(), &comm, options);
+  const double fisher_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - fisher_start).count();
   mask.metadata["task"] = task.name;
   dist::agree_or_throw(comm, {{"mask", mask.hash_hex()}});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -91,10 +94,10 @@ int run_mask(const po::variables_map& vm) {
     }
     const int64_t eligible = std::stoll(mask.metadata.at("eligible_params"));
     std::cout << fmt::format("mask: {} of {} eligible parameters ({:.4f}%) in {} tensors, Fisher of {} samples on {} "
-                             "rank(s), {:.1f} s, hash {} -> {}\n",
+                             "rank(s), {:.1f} s ({:.1f} s Fisher + top-k), hash {} -> {}\n",
                              mask.count(), eligible, 100.0 * mask.count() / eligible, mask.entries.size(),
                              mask.metadata.count("samples") ? mask.metadata.at("samples") : "0", comm.size(), seconds,
-                             mask.hash_hex(), out_path);
+                             fisher_seconds, mask.hash_hex(), out_path);
   }
   comm.barrier()->wait();  // the file exists when any rank returns
   return 0;
