@@ -23,7 +23,9 @@
 #include "model/config.h"
 #include "model/llama2c.h"
 #include "model/safetensors.h"
+#include "dist/glue.h"
 #include "peft/method.h"
+#include "sparse/methods.h"
 #include "util/error.h"
 
 namespace dt::launch {
@@ -101,22 +103,17 @@ const char* arch_name(model::Arch arch) {
   return "?";
 }
 
-// Every GLUE task deltatune trains is binary (SST-2, CoLA, RTE).
-int64_t task_labels(const std::string& task) {
-  if (task == "sst2" || task == "cola" || task == "rte") return 2;
-  throw UsageError("--task '" + task + "': unknown (sst2 | cola | rte)");
-}
-
 int run_plan(const po::variables_map& vm) {
   const std::string model_arg = vm["model"].as<std::string>();
   const int64_t world = vm["world-size"].as<int64_t>();
   if (world < 1) throw UsageError("--world-size must be >= 1, got " + std::to_string(world));
-  const int64_t num_labels = task_labels(vm["task"].as<std::string>());
+  const int64_t num_labels = dist::glue_task(vm["task"].as<std::string>()).num_labels;
   const auto methods = peft::MethodSet::from_options(vm);
 
   // ---- the model's tensors, from a config or a file header
   std::vector<model::TensorMeta> metas, trainable;
   std::string arch = "?";
+  sparse::SparseAccounting sparse_acc;  // eligible pool and index bytes of sparse methods
   if (ends_with(model_arg, ".safetensors")) {
     const auto file = model::SafetensorsFile::open(model_arg);
     for (const auto& e : file.entries()) metas.push_back({e.name, e.shape, e.dtype});
@@ -130,6 +127,7 @@ int run_plan(const po::variables_map& vm) {
         ends_with(model_arg, ".bin") ? model::read_llama2c_config(model_arg) : model::named_config(model_arg);
     metas = model::describe(config);
     trainable = methods.plan(config, num_labels);
+    sparse_acc = sparse::sparse_accounting(methods, config);
     arch = arch_name(config.arch);
   }
 
@@ -137,6 +135,8 @@ int run_plan(const po::variables_map& vm) {
   const int64_t trainable_params = model::total_params(trainable);
   const int64_t trainable_bytes = bytes_of(trainable);
   const int64_t per_step = world > 1 ? 2 * (world - 1) * trainable_bytes / world : 0;
+  const int64_t eligible = sparse_acc.sparse ? sparse_acc.eligible_params : total;
+  const int64_t checkpoint_bytes = trainable_bytes + sparse_acc.index_bytes;
   std::map<std::string, int64_t> dtype_bytes;
   for (const auto& m : metas) dtype_bytes[dtype_name(m.dtype)] += m.numel() * c10::elementSize(m.dtype);
 
@@ -150,9 +150,10 @@ int run_plan(const po::variables_map& vm) {
     j["total_bytes"] = bytes_of(metas);
     j["trainable_params"] = trainable_params;
     j["trainable_bytes"] = trainable_bytes;
-    j["eligible_params"] = total;
+    j["eligible_params"] = eligible;
+    j["index_bytes"] = sparse_acc.index_bytes;
     j["bytes_per_step_per_rank"] = per_step;
-    j["checkpoint_bytes"] = trainable_bytes;
+    j["checkpoint_bytes"] = checkpoint_bytes;
     j["dtype_bytes"] = dtype_bytes;
     j["tensors"] = metas.size();
     std::cout << j.dump() << "\n";
@@ -181,7 +182,11 @@ int run_plan(const po::variables_map& vm) {
   std::cout << "\n"
             << peft::accounting_line(trainable_params, total) << "  [--method " << methods.describe() << "]\n"
             << fmt::format("trainable bytes: {} | checkpoint: {} | all-reduce per step per rank (n={}): {}\n",
-                           human_bytes(trainable_bytes), human_bytes(trainable_bytes), world, human_bytes(per_step));
+                           human_bytes(trainable_bytes), human_bytes(checkpoint_bytes), world, human_bytes(per_step));
+  if (sparse_acc.sparse) {
+    std::cout << fmt::format("sparse: chosen from {} eligible params; indices {}\n", with_commas(eligible),
+                             human_bytes(sparse_acc.index_bytes));
+  }
   return 0;
 }
 

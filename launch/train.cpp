@@ -26,6 +26,7 @@
 #include "model/t5.h"
 #include "model/tokenizer.h"
 #include "peft/method.h"
+#include "sparse/methods.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -128,18 +129,41 @@ int run_train(const po::variables_map& vm) {
     throw_usage_error("--train.steps, --train.batch-size and --train.accum must be positive");
   }
 
-  // ---- model + method ------------------------------------------------------------------------------
+  // ---- model, data, method ------------------------------------------------------------------------------
   const dist::TaskInfo& task = dist::glue_task(vm["task"].as<std::string>());
   torch::manual_seed(seed);  // the same initial trainable values on every rank (checked below)
   auto backbone = model::load_backbone(vm["model"].as<std::string>(), task.num_labels);
   const model::ModelConfig& config = backbone->config();
   auto tokenizer = model::load_tokenizer(vm["tokenizer"].as<std::string>());
   if (config.arch == model::Arch::T5) {
-    std::vector<int64_t> first_tokens;
-    for (const auto& ids : dist::label_word_ids(task, *tokenizer)) first_tokens.push_back(ids.at(0));
-    dynamic_cast<model::T5Backbone&>(*backbone).set_label_token_ids(first_tokens);
+    dynamic_cast<model::T5Backbone&>(*backbone).set_label_token_ids(dist::label_first_token_ids(task, *tokenizer));
   }
+  // ---- data: every rank reads and tokenizes; the sampler gives each its shard ----------------------
+  auto t0 = Clock::now();
+  const auto encode = encode_options(config, task.name, vm["train.max-len"].as<int64_t>());
+  const auto data_dir = vm["data"].as<std::string>();
+  const dist::EncodedDataset train_data = dist::encode_all(dist::read_glue(data_dir, task.name, "train"), *tokenizer, encode);
+  auto dev_examples = dist::read_glue(data_dir, task.name, "dev");
+  if (const auto max = vm["train.eval-max"].as<int64_t>(); max > 0 && max < static_cast<int64_t>(dev_examples.size())) {
+    dev_examples.resize(max);
+  }
+  const dist::EncodedDataset dev_data = dist::encode_all(dev_examples, *tokenizer, encode);
+  log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", train_data.size(), dev_data.size(),
+            task.name, seconds_since(t0));
   const peft::MethodSet methods = peft::MethodSet::from_options(vm);
+  if (sparse::needs_data(methods)) {
+    // FISH without --fish.mask: the Fisher mask is computed now, over training samples sharded
+    // across ranks (the same computation as `deltatune mask`), before the method attaches.
+    const auto order = dist::portable_permutation(train_data.size(), vm["fish.seed"].as<uint64_t>());
+    sparse::prepare_fish(
+        methods, *backbone,
+        [&](const std::vector<int64_t>& ids) {
+          std::vector<int64_t> rows;
+          for (int64_t i : ids) rows.push_back(order.at(i));
+          return dist::collate(train_data, rows);
+        },
+        train_data.size(), session.cpu_comm());
+  }
   const std::vector<peft::Trainable> trainables = methods.apply(*backbone);
   int64_t trainable_params = 0, backbone_params = 0;
   for (const auto& t : trainables) trainable_params += t.tensor.numel();
@@ -176,18 +200,6 @@ int run_train(const po::variables_map& vm) {
                         {"trainable tensors", shapes_text(trainables)},
                         {"initial trainable values", dist::hash_hex(dist::hash_tensors(trainable_tensors))}});
 
-  // ---- data: every rank reads and tokenizes; the sampler gives each its shard ----------------------
-  auto t0 = Clock::now();
-  const auto encode = encode_options(config, task.name, vm["train.max-len"].as<int64_t>());
-  const auto data_dir = vm["data"].as<std::string>();
-  const dist::EncodedDataset train_data = dist::encode_all(dist::read_glue(data_dir, task.name, "train"), *tokenizer, encode);
-  auto dev_examples = dist::read_glue(data_dir, task.name, "dev");
-  if (const auto max = vm["train.eval-max"].as<int64_t>(); max > 0 && max < static_cast<int64_t>(dev_examples.size())) {
-    dev_examples.resize(max);
-  }
-  const dist::EncodedDataset dev_data = dist::encode_all(dev_examples, *tokenizer, encode);
-  log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", train_data.size(), dev_data.size(),
-            task.name, seconds_since(t0));
   dist::SamplerOptions sampler_options;
   sampler_options.seed = seed;
   dist::DistributedSampler sampler(train_data.size(), rank, world, sampler_options);
