@@ -27,6 +27,7 @@
 #include "peft/method.h"
 #include "sparse/methods.h"
 #include "util/error.h"
+#include "util/format.h"
 
 namespace dt::launch {
 
@@ -62,23 +63,6 @@ int64_t bytes_of(const std::vector<model::TensorMeta>& metas) {
   int64_t bytes = 0;
   for (const auto& m : metas) bytes += m.numel() * static_cast<int64_t>(c10::elementSize(m.dtype));
   return bytes;
-}
-
-std::string with_commas(int64_t n) {
-  std::string digits = std::to_string(n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0 && digits[0] != '-') out += ',';
-    out += digits[i];
-  }
-  return out;
-}
-
-std::string human_bytes(int64_t bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = static_cast<double>(bytes);
-  int u = 0;
-  while (v >= 1024.0 && u < 4) v /= 1024.0, ++u;
-  return fmt::format("{:.2f} {}", v, units[u]);
 }
 
 // "float32", "bfloat16", ... (the names torch users read).

@@ -6,6 +6,7 @@
 
 #include "peft/method.h"
 #include "util/error.h"
+#include "util/format.h"
 
 namespace dt::peft {
 
@@ -138,7 +139,8 @@ std::string MethodSet::describe() const {
 
 std::string accounting_line(int64_t trainable, int64_t all) {
   const double pct = all > 0 ? 100.0 * static_cast<double>(trainable) / static_cast<double>(all) : 0.0;
-  return fmt::format("trainable params: {:L} || all params: {:L} || trainable%: {:.4f}", trainable, all, pct);
+  return fmt::format("trainable params: {} || all params: {} || trainable%: {:.4f}", with_commas(trainable),
+                     with_commas(all), pct);
 }
 
 }  // namespace dt::peft
