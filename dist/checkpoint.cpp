@@ -32,6 +32,10 @@ constexpr int kDeflateLevel = 1;  // fast; floats gain little from more
 class QuietHdf5 {
  public:
   QuietHdf5() {
+    // A corrupted file can leave objects HDF5 cannot evict; its atexit clean-up then prints "infinite
+    // loop closing library". Every file is closed explicitly here, so that clean-up is not needed.
+    static const bool no_atexit = (H5dont_atexit(), true);
+    (void)no_atexit;
     H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
   }
@@ -63,7 +67,11 @@ struct Hdf5Failure : std::runtime_error {
 };
 
 hid_t check(hid_t id, const std::string& what) {
-  if (id < 0) throw Hdf5Failure(what + ": " + hdf5_error_text());
+  if (id < 0) {
+    const std::string text = hdf5_error_text();
+    if (text.find("checksum") != std::string::npos) throw Hdf5Failure(what + " failed its metadata checksum");
+    throw Hdf5Failure(what + ": " + text);
+  }
   return id;
 }
 
