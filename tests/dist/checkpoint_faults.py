@@ -163,10 +163,21 @@ if wait_for_steps(met4, 3, proc):
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
+    def alive():
+        out = []
+        for p in pids:
+            try:
+                if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(p)
+            except OSError:
+                pass
+        return out
+    while alive() and time.time() - t0 < 30:
+        time.sleep(0.1)
     gone = time.time() - t0
-    alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+    alive = alive()
     check(gone <= 30 and proc.returncode != 0 and not alive,
-          f"kill -9 of rank 1 of 4: all gone in {gone:.1f} s, exit {proc.returncode}")
+          f"kill -9 of rank 1 of 4: all gone in {gone:.1f} s (left: {alive}), exit {proc.returncode}")
 
 shutil.rmtree(tmp)
 print("failures: " + ("; ".join(failures) if failures else "none"))
