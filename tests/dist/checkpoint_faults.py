@@ -10,6 +10,7 @@
 4. A flipped byte in a data chunk: `inspect --verify` and `--resume PATH` fail naming the checksum;
    `--resume auto` falls back to the previous checkpoint.
 5. kill -9 of one of 4 ranks: every rank is gone within 30 s and mpirun exits non-zero.
+6. Every configs/<method>.ini: resuming from step 3 of 6 reproduces steps 4-6 bit for bit.
 Parts 2-5 need train's checkpoint wiring; until then (train refuses --out) the script exits 77 (skip).
 """
 import json
@@ -178,6 +179,22 @@ if wait_for_steps(met4, 3, proc):
     alive = alive()
     check(gone <= 30 and proc.returncode != 0 and not alive,
           f"kill -9 of rank 1 of 4: all gone in {gone:.1f} s (left: {alive}), exit {proc.returncode}")
+
+# ---- 6. every method's checkpoint round trip: resume from step 3 of 6 reproduces steps 4-6 -----------
+for cfg in sorted(f for f in os.listdir("configs") if f.endswith(".ini") and f != "main.ini"):
+    d = f"{tmp}/m-{cfg[:-4]}"
+    base = [DT, "train", "--config", "configs/" + cfg, "--train.steps", "6", "--train.eval-every", "0",
+            "--train.eval-max", "16", "--threads", "1", "--out", d, "--ckpt.every", "3", "--ckpt.keep", "5"]
+    first = run(base + ["--metrics", d + ".a.jsonl"], timeout=600)
+    if first.returncode != 0:
+        check(False, f"{cfg}: 6 steps with checkpoints exit 0: " + first.stderr.strip()[-200:])
+        continue
+    os.remove(f"{d}/ckpt-00000006.h5")
+    os.remove(f"{d}/latest")
+    again = run(base + ["--metrics", d + ".b.jsonl", "--resume", "auto"], timeout=600)
+    a, b = losses(d + ".a.jsonl"), losses(d + ".b.jsonl") if again.returncode == 0 else {}
+    check(again.returncode == 0 and sorted(b) == [4, 5, 6] and all(a[s] == b[s] for s in b),
+          f"{cfg}: resumed from step 3, steps 4-6 identical bit for bit " + again.stderr.strip()[-200:])
 
 shutil.rmtree(tmp)
 print("failures: " + ("; ".join(failures) if failures else "none"))
