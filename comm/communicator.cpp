@@ -62,6 +62,11 @@ void check_pair(const at::Tensor& input, const at::Tensor& output, const char* o
 std::string n(int64_t v) { return std::to_string(v); }
 }  // namespace
 
+void check_broadcast_root(int root, int size) {
+  DT_CHECK(root >= 0 && root < size,
+           "broadcast root " + std::to_string(root) + " is not a rank of " + std::to_string(size));
+}
+
 void check_all_gather_args(const at::Tensor& input, const at::Tensor& output, int size) {
   check_pair(input, output, "all_gather");
   DT_CHECK(output.numel() == input.numel() * size,

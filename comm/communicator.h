@@ -103,6 +103,7 @@ class Communicator {
 void check_tensor(const at::Tensor& t, const char* backend, const char* what);
 size_t element_size_bytes(const at::Tensor& t);
 // Shape and dtype agreement of a collective's arguments, checked locally before anything is sent.
+void check_broadcast_root(int root, int size);
 void check_all_gather_args(const at::Tensor& input, const at::Tensor& output, int size);
 void check_all_gather_v_args(const at::Tensor& input, const at::Tensor& output,
                              const std::vector<int64_t>& counts, int rank, int size);

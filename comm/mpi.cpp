@@ -292,9 +292,7 @@ class MpiCommunicator final : public Communicator {
 
   WorkPtr broadcast(at::Tensor& tensor, const BroadcastOptions& options) override {
     check(tensor, "broadcast tensor");
-    DT_CHECK(options.root >= 0 && options.root < size_,
-             "broadcast root " + std::to_string(options.root) + " is not a rank of " +
-                 std::to_string(size_));
+    check_broadcast_root(options.root, size_);
     const int n = checked_count(tensor.numel(), "the broadcast tensor");
     auto work = std::make_shared<MpiWork>("MPI_Ibcast", std::vector<at::Tensor>{tensor});
     mpi_call([&] {

@@ -333,9 +333,7 @@ class NcclCommunicator final : public Communicator {
 
   WorkPtr broadcast(at::Tensor& tensor, const BroadcastOptions& options) override {
     check(tensor, "broadcast tensor");
-    DT_CHECK(options.root >= 0 && options.root < size_,
-             "broadcast root " + std::to_string(options.root) + " is not a rank of " +
-                 std::to_string(size_));
+    check_broadcast_root(options.root, size_);
     auto work = launch("ncclBroadcast", {tensor}, [&] {
       CHECK_NCCL(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor),
                                options.root, comm_, stream_));

@@ -1,6 +1,7 @@
 // model/bert.cpp — BERT encoder following HF's modeling_bert op for op (golden-tested against an
 // independent torch implementation, scripts/make_t5_bert_golden.py).
 #include "model/bert.h"
+#include "model/module_tree.h"
 
 #include <torch/torch.h>
 
@@ -15,22 +16,6 @@ namespace {
 
 constexpr double kDropout = 0.1;  // hidden and attention dropout of bert-base
 constexpr double kMaskValue = -1e9;
-
-// Registers `value` under a dotted HF name, creating the intermediate modules (same as in t5.cpp).
-void register_dotted(torch::nn::Module& root, const std::string& name, const at::Tensor& value) {
-  torch::nn::Module* node = &root;
-  size_t start = 0;
-  for (size_t dot; (dot = name.find('.', start)) != std::string::npos; start = dot + 1) {
-    const std::string part = name.substr(start, dot - start);
-    auto children = node->named_children();
-    if (auto* child = children.find(part)) {
-      node = child->get();
-    } else {
-      node = node->register_module(part, std::make_shared<torch::nn::Module>()).get();
-    }
-  }
-  node->register_parameter(name.substr(start), value);
-}
 
 }  // namespace
 

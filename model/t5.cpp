@@ -4,6 +4,7 @@
 // Every parameter is read through hooks().weight(name, W) at use, and every site of hooks.h is
 // consulted, so methods (LoRA, FISH, adapters, prefix/prompt tuning) need nothing from this file.
 #include "model/t5.h"
+#include "model/module_tree.h"
 
 #include <torch/torch.h>
 
@@ -18,23 +19,6 @@ namespace {
 
 constexpr double kDropout = 0.1;     // T5's dropout_rate; active only in training
 constexpr double kMaskValue = -1e9;  // additive mask; softmax runs in fp32
-
-// Registers `value` under a dotted HF name, creating the intermediate modules ("encoder", "block",
-// "0", ...) so that the module tree's named_parameters() yields the HF names.
-void register_dotted(torch::nn::Module& root, const std::string& name, const at::Tensor& value) {
-  torch::nn::Module* node = &root;
-  size_t start = 0;
-  for (size_t dot; (dot = name.find('.', start)) != std::string::npos; start = dot + 1) {
-    const std::string part = name.substr(start, dot - start);
-    auto children = node->named_children();
-    if (auto* child = children.find(part)) {
-      node = child->get();
-    } else {
-      node = node->register_module(part, std::make_shared<torch::nn::Module>()).get();
-    }
-  }
-  node->register_parameter(name.substr(start), value);
-}
 
 // HF T5Attention._relative_position_bucket: exact buckets for small distances, log-spaced up to
 // max_distance; the encoder distinguishes the sign, the decoder only looks back.
