@@ -15,6 +15,9 @@
 #include <nlohmann/json.hpp>
 
 #include "dist/agreement.h"
+#include "dist/checkpoint.h"
+#include "model/load.h"
+#include <filesystem>
 #include "dist/glue.h"
 #include "dist/grad_sync.h"
 #include "dist/metrics.h"
@@ -99,12 +102,9 @@ std::string shapes_text(const std::vector<peft::Trainable>& trainables) {
 
 int run_train(const po::variables_map& vm) {
   // ---- set-up: ranks, threads, the resolved config printed once --------------------------------
-  for (const char* unsupported : {"out", "resume"}) {
-    if (vm.count(unsupported)) {
-      throw_usage_error(std::string("deltatune train --") + unsupported +
-                        ": checkpointing is not implemented yet (tracked in issue 8)");
-    }
-  }
+  const std::string out_dir = vm.count("out") ? vm["out"].as<std::string>() : "";
+  const int64_t ckpt_every = vm["ckpt.every"].as<int64_t>(), ckpt_keep = vm["ckpt.keep"].as<int64_t>();
+  dist::install_preemption_handlers();  // SIGUSR1/SIGTERM only set a flag, agreed at step boundaries
   SessionOptions session_options;
   session_options.backend = vm["dist.backend"].as<std::string>();
   session_options.log_all_ranks = vm["log-all-ranks"].as<bool>();
@@ -193,9 +193,10 @@ int run_train(const po::variables_map& vm) {
     trainable_tensors.push_back(t.tensor);
     named_trainables.emplace_back(t.name, t.tensor);
   }
+  const std::string frozen_hash = dist::hash_hex(dist::hash_tensors(frozen));
   dist::agree_or_throw(session.cpu_comm(),
                        {{"config", resolved_config},
-                        {"backbone", config.name + ":" + dist::hash_hex(dist::hash_tensors(frozen))},
+                        {"backbone", config.name + ":" + frozen_hash},
                         {"method", methods.describe()},
                         {"trainable tensors", shapes_text(trainables)},
                         {"initial trainable values", dist::hash_hex(dist::hash_tensors(trainable_tensors))}});
@@ -225,6 +226,41 @@ int run_train(const po::variables_map& vm) {
   schedule.total_steps = steps;
   const double clip = vm["train.clip"].as<double>();
 
+  // ---- checkpoint identity + resume ------------------------------------------------------------------
+  dist::CheckpointState identity;  // what a checkpoint must match to be resumed here
+  identity.backbone.name = config.name;
+  identity.backbone.config = nlohmann::json(model::config_metadata(config)).dump();
+  const std::string model_arg = vm["model"].as<std::string>();
+  // Hashing a multi-GB weights file takes tens of seconds: only when checkpoints are written or read.
+  const bool checkpointing = !out_dir.empty() || vm.count("resume");
+  if (checkpointing && rank == 0 && std::filesystem::is_regular_file(model_arg)) {
+    identity.backbone.weights_sha256 = dist::sha256_file(model_arg);
+  }
+  identity.backbone.tensors_hash = frozen_hash;
+  identity.method = methods.describe();
+  identity.optimizer = optimizer->name();
+  identity.config_ini = resolved_config;
+  identity.trainables = named_trainables;
+  int64_t first_step = 1;
+  if (vm.count("resume")) {
+    if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), out_dir, identity)) {
+      dist::apply_training_state(point->state, named_trainables, *optimizer, sampler, rank);
+      first_step = point->state.step + 1;
+      log::info("resumed from {} (step {})", point->path, point->state.step);
+    }
+  }
+  auto save_checkpoint = [&](int64_t step, double lr) {
+    dist::CheckpointState s = dist::capture_training_state(step, named_trainables, *optimizer, sampler);
+    s.lr = lr;
+    s.schedule = fmt::format("{} base_lr={} warmup={} total={}", vm["train.schedule"].as<std::string>(),
+                             schedule.base_lr, schedule.warmup_steps, schedule.total_steps);
+    s.config_ini = identity.config_ini;
+    s.method = identity.method;
+    s.backbone = identity.backbone;
+    s.indices = identity.indices;
+    log::info("checkpoint {}", dist::save_checkpoint(session.cpu_comm(), out_dir, std::move(s), ckpt_keep));
+  };
+
   std::ofstream metrics;
   if (vm.count("metrics") && rank == 0) {
     metrics.open(vm["metrics"].as<std::string>(), std::ios::app);
@@ -241,7 +277,7 @@ int run_train(const po::variables_map& vm) {
   // ---- the loop ---------------------------------------------------------------------------------
   backbone->set_training(true);
   double last_loss = 0;
-  for (int64_t step = 1; step <= steps; ++step) {
+  for (int64_t step = first_step; step <= steps; ++step) {
     const auto step_start = Clock::now();
     // forward + backward; GradSync all-reduces buckets as their gradients become ready, on the last
     // micro-step only (earlier ones accumulate locally).
@@ -264,9 +300,13 @@ int run_train(const po::variables_map& vm) {
     grad_sync.zero_grad();
 
     // log: the loss averaged over ranks (one float; not counted in bytes_allreduced).
-    at::Tensor loss_all = at::full({1}, loss_sum, at::kDouble);
+    // The preemption flag rides on the loss all-reduce: > 0 when any rank got SIGUSR1/SIGTERM.
+    at::Tensor loss_all = at::zeros({2}, at::kDouble);
+    loss_all[0] = loss_sum;
+    loss_all[1] = dist::preemption_requested() ? 1.0 : 0.0;
     session.cpu_comm().all_reduce(loss_all, {comm::ReduceOp::Average})->wait();
-    last_loss = loss_all.item<double>();
+    last_loss = loss_all[0].item<double>();
+    const bool preempted = loss_all[1].item<double>() > 0;
     const double step_time = seconds_since(step_start);
     write_metrics({{"step", step}, {"loss", last_loss}, {"lr", lr}, {"step_time_s", step_time},
                    {"bytes_allreduced", stats.bytes}, {"collectives", stats.collectives},
@@ -293,6 +333,16 @@ int run_train(const po::variables_map& vm) {
       log::info("eval step {}: dev accuracy {:.4f}{} on {} examples ({:.1f} s)", step, e.metrics.accuracy,
                 task.metric == dist::MetricKind::Mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "",
                 e.metrics.count, e.seconds);
+    }
+
+    // checkpoint: every --ckpt.every steps, at the end, and on preemption (then exit 75).
+    if (!out_dir.empty() && (preempted || step == steps || (ckpt_every > 0 && step % ckpt_every == 0))) {
+      save_checkpoint(step, lr);
+    }
+    if (preempted) {
+      log::info("preempted at step {}: {}, exiting {}", step,
+                out_dir.empty() ? "no --out, so nothing was saved" : "checkpoint written", dist::kPreemptedExitCode);
+      return dist::kPreemptedExitCode;
     }
   }
   // A fingerprint of the learned values, comparable across world sizes (tests use it).
