@@ -206,6 +206,18 @@ std::string t5_prefix(const std::string& task, const char* field) {
 
 }  // namespace
 
+EncodeOptions encode_options_for(const model::ModelConfig& config, const std::string& task, int64_t max_len) {
+  EncodeOptions o;
+  o.max_len = max_len;
+  o.task = task;
+  switch (config.arch) {
+    case model::Arch::Llama: o.style = "decoder"; o.add_bos = true; break;
+    case model::Arch::Bert: o.style = "bert"; break;
+    case model::Arch::T5: o.style = "t5"; break;
+  }
+  return o;
+}
+
 EncodedExample encode(const Example& example, const model::Tokenizer& tokenizer,
                       const EncodeOptions& options) {
   const bool pair = !example.text_b.empty();

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "model/backbone.h"
+#include "model/config.h"
 #include "model/tokenizer.h"
 
 namespace dt::dist {
@@ -70,6 +71,10 @@ struct EncodedExample {
 
 // One example. Throws dt::UsageError for an unknown style, a tokenizer lacking the special token a
 // style needs, or a max_len too small to hold the special tokens.
+// The layout each architecture reads: decoders BOS + text (Llama), BERT [CLS] a [SEP] b [SEP], T5 the
+// task-prefixed text + EOS. train and mask must tokenize identically, so both take it from here.
+EncodeOptions encode_options_for(const model::ModelConfig& config, const std::string& task, int64_t max_len);
+
 EncodedExample encode(const Example& example, const model::Tokenizer& tokenizer,
                       const EncodeOptions& options);
 

@@ -26,18 +26,6 @@
 namespace dt::launch {
 namespace {
 
-dist::EncodeOptions encode_options(const model::ModelConfig& config, const std::string& task, int64_t max_len) {
-  dist::EncodeOptions o;
-  o.max_len = max_len;
-  o.task = task;
-  switch (config.arch) {
-    case model::Arch::Llama: o.style = "decoder"; o.add_bos = true; break;
-    case model::Arch::Bert: o.style = "bert"; break;
-    case model::Arch::T5: o.style = "t5"; break;
-  }
-  return o;
-}
-
 int run_mask(const po::variables_map& vm) {
   std::string out_path;
   if (vm.count("fish.mask-out")) out_path = vm["fish.mask-out"].as<std::string>();
@@ -66,7 +54,7 @@ int run_mask(const po::variables_map& vm) {
   }
   const dist::EncodedDataset data = dist::encode_all(
       dist::read_glue(vm["data"].as<std::string>(), task.name, "train"), *tokenizer,
-      encode_options(backbone->config(), task.name, vm["train.max-len"].as<int64_t>()));
+      dist::encode_options_for(backbone->config(), task.name, vm["train.max-len"].as<int64_t>()));
   const std::vector<int64_t> order = dist::portable_permutation(data.size(), options.seed);
   const sparse::SampleFn sample = [&](const std::vector<int64_t>& ids) {
     std::vector<int64_t> rows;

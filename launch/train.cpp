@@ -52,19 +52,6 @@ void add_train_only_options(po::options_description& desc) {
       ("dist.check-finite", po::bool_switch(), "check gradients for NaN/Inf before all-reduce (names rank and tensor)");
 }
 
-// How examples become token ids for each architecture.
-dist::EncodeOptions encode_options(const model::ModelConfig& config, const std::string& task, int64_t max_len) {
-  dist::EncodeOptions o;
-  o.max_len = max_len;
-  o.task = task;
-  switch (config.arch) {
-    case model::Arch::Llama: o.style = "decoder"; o.add_bos = true; break;
-    case model::Arch::Bert: o.style = "bert"; break;
-    case model::Arch::T5: o.style = "t5"; break;
-  }
-  return o;
-}
-
 struct Evaluation {
   dist::EvalMetrics metrics;
   double seconds = 0;
@@ -140,7 +127,7 @@ int run_train(const po::variables_map& vm) {
   }
   // ---- data: every rank reads and tokenizes; the sampler gives each its shard ----------------------
   auto t0 = Clock::now();
-  const auto encode = encode_options(config, task.name, vm["train.max-len"].as<int64_t>());
+  const auto encode = dist::encode_options_for(config, task.name, vm["train.max-len"].as<int64_t>());
   const auto data_dir = vm["data"].as<std::string>();
   const dist::EncodedDataset train_data = dist::encode_all(dist::read_glue(data_dir, task.name, "train"), *tokenizer, encode);
   auto dev_examples = dist::read_glue(data_dir, task.name, "dev");
