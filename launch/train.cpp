@@ -228,6 +228,10 @@ int run_train(const po::variables_map& vm) {
   identity.optimizer = optimizer->name();
   identity.config_ini = resolved_config;
   identity.trainables = named_trainables;
+  // Sparse methods' fixed indices travel with the values (and a resume refuses another mask).
+  for (auto& e : sparse::encoded_indices(methods)) {
+    identity.indices.push_back({e.name, "deltatune-index-v1", std::move(e.bytes), e.count, e.numel});
+  }
   int64_t first_step = 1;
   if (vm.count("resume")) {
     if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), out_dir, identity)) {

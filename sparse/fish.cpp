@@ -98,6 +98,22 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
   return mask;
 }
 
+std::vector<EncodedIndices> encoded_indices(const peft::MethodSet& methods) {
+  std::vector<EncodedIndices> out;
+  auto add = [&out](const std::string& method, const Mask& mask) {
+    for (const auto& e : mask.entries) {
+      const at::Tensor idx = e.indices.contiguous();
+      std::vector<int64_t> flat(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+      out.push_back({method + ":" + e.name, encode_indices(flat, e.numel()), e.count(), e.numel()});
+    }
+  };
+  for (const auto& m : methods.methods()) {
+    if (auto* fish = dynamic_cast<FishMethod*>(m.get()); fish && fish->mask()) add("fish", *fish->mask());
+    if (auto* dsee = dynamic_cast<DseeMethod*>(m.get())) add("dsee", dsee->support());
+  }
+  return out;
+}
+
 bool needs_data(const peft::MethodSet& methods) {
   for (const auto& m : methods.methods()) {
     if (auto* fish = dynamic_cast<FishMethod*>(m.get()); fish && fish->needs_data()) return true;

@@ -104,6 +104,17 @@ void prepare_fish(const peft::MethodSet& methods, model::Backbone& backbone, con
 // --fish.mask); DSEE's are exact counts with the widest-gap bound.
 SparseAccounting sparse_accounting(const peft::MethodSet& methods, const model::ModelConfig& config);
 
+// The fixed indices of every sparse method of the set (FISH masks, DSEE supports), each weight's
+// sorted flat indices encoded by sparse/index_codec: what a checkpoint stores beside the values.
+// Call after apply() (a FISH mask may only be known then).
+struct EncodedIndices {
+  std::string name;  // "<method>:<weight name>"
+  std::vector<uint8_t> bytes;
+  int64_t count = 0;
+  int64_t numel = 0;
+};
+std::vector<EncodedIndices> encoded_indices(const peft::MethodSet& methods);
+
 // ---- DSEE ----------------------------------------------------------------------------------------
 struct DseeOptions {
   int64_t rank = 4;                            // --dsee.rank
