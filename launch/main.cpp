@@ -67,15 +67,15 @@ int main(int argc, char** argv) {
       return 0;
     }
     const int code = sub->run(vm);
-    shutdown_mpi(/*failed=*/false);
+    shutdown_mpi(code, /*error=*/false);
     return code;
   } catch (const dt::UsageError& e) {
     std::cerr << e.what() << "\n";
-    shutdown_mpi(/*failed=*/true);
+    shutdown_mpi(2, /*error=*/true);
     return 2;
   } catch (const std::exception& e) {
     dt::log::error("deltatune {}: {}", name, e.what());
-    shutdown_mpi(/*failed=*/true);
+    shutdown_mpi(1, /*error=*/true);
     return 1;
   }
 }

@@ -107,16 +107,16 @@ Session::Session(const SessionOptions& options) {
 
 Session::~Session() = default;
 
-void shutdown_mpi(bool failed) {
+void shutdown_mpi(int exit_code, bool error) {
   auto& runtime = mpi_runtime();
   if (!runtime) return;
   // Through mpi_call: where MPI is funneled, only the communication thread may call it.
   int size = 1;
   comm::mpi_call([&] { MPI_Comm_size(MPI_COMM_WORLD, &size); });
-  if (failed && size > 1) {
+  if (error && size > 1) {
     std::fflush(stdout);
     std::fflush(stderr);
-    comm::mpi_call([] { MPI_Abort(MPI_COMM_WORLD, 1); });
+    comm::mpi_call([exit_code] { MPI_Abort(MPI_COMM_WORLD, exit_code); });
   }
   runtime.reset();
 }

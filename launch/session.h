@@ -29,9 +29,9 @@ struct SessionOptions {
 };
 
 // MPI stays initialized until shutdown_mpi(), which main() calls after the subcommand returned or
-// its error was printed: on a failure in a multi-rank job it calls MPI_Abort, so the other ranks,
-// possibly blocked in a collective, exit too instead of hanging.
-void shutdown_mpi(bool failed);
+// its error was printed: after an error (exit_code 1 or 2) in a multi-rank job it calls MPI_Abort
+// with that code, so the other ranks, possibly blocked in a collective, exit too instead of hanging.
+void shutdown_mpi(int exit_code, bool error);
 
 class Session {
  public:
