@@ -13,6 +13,7 @@
 #include "model/t5.h"
 #include "peft/method.h"
 #include "tests/peft/method_cases.h"
+#include "tests/peft/test_adapters_util.h"
 
 using namespace dt;
 
@@ -41,25 +42,14 @@ const int kRegistered = [] {
 
 const std::vector<Case>& cases() { return dt::testing::method_cases(); }
 
+// The MethodSet and tiny backbone helpers are shared with the per-method tests.
 peft::MethodSet methods(const Case& c) {
-  namespace po = boost::program_options;
-  po::options_description desc;
-  desc.add_options()("method", po::value<std::string>(), "");
-  peft::Registry::global().add_all_options(desc);
   std::vector<std::string> argv = {"--method", c.method};
   argv.insert(argv.end(), c.args.begin(), c.args.end());
-  po::variables_map vm;
-  po::store(po::command_line_parser(argv).options(desc).run(), vm);
-  po::notify(vm);
-  return peft::MethodSet::from_options(vm);
+  return dt::testing::adapters::method_set(argv);
 }
 
-std::unique_ptr<model::Backbone> tiny(const std::string& name) {
-  torch::manual_seed(7);
-  auto backbone = model::make_backbone(model::named_config(name), /*num_labels=*/2);
-  if (auto* t5 = dynamic_cast<model::T5Backbone*>(backbone.get())) t5->set_label_token_ids({5, 6});
-  return backbone;
-}
+using dt::testing::adapters::tiny;
 
 model::Batch batch_for(const model::ModelConfig& config) {
   torch::manual_seed(11);

@@ -5,6 +5,7 @@
 
 #include "model/config.h"
 #include "peft/method.h"
+#include "tests/peft/test_adapters_util.h"
 #include "util/error.h"
 
 using namespace dt;
@@ -13,17 +14,7 @@ namespace {
 
 int64_t count(const std::vector<model::TensorMeta>& metas) { return model::total_params(metas); }
 
-peft::MethodSet methods(const std::vector<std::string>& args) {
-  namespace po = boost::program_options;
-  po::options_description desc;
-  desc.add_options()("method", po::value<std::string>()->default_value("full"), "");
-  peft::Registry::global().add_all_options(desc);
-  po::variables_map vm;
-  std::vector<std::string> argv = args;
-  po::store(po::command_line_parser(argv).options(desc).run(), vm);
-  po::notify(vm);
-  return peft::MethodSet::from_options(vm);
-}
+peft::MethodSet methods(const std::vector<std::string>& args) { return dt::testing::adapters::method_set(args); }
 
 }  // namespace
 
