@@ -16,7 +16,6 @@
 
 #include "dist/agreement.h"
 #include "dist/checkpoint.h"
-#include "model/load.h"
 #include <filesystem>
 #include "dist/glue.h"
 #include "dist/grad_sync.h"
@@ -25,9 +24,8 @@
 #include "dist/sampler.h"
 #include "launch/cli.h"
 #include "launch/session.h"
+#include "launch/task_model.h"
 #include "model/load.h"
-#include "model/t5.h"
-#include "model/tokenizer.h"
 #include "peft/method.h"
 #include "sparse/methods.h"
 #include "util/error.h"
@@ -50,31 +48,6 @@ void add_train_only_options(po::options_description& desc) {
       ("train.warmup-steps", po::value<int64_t>()->default_value(0), "linear warmup steps")
       ("train.clip", po::value<double>()->default_value(1.0), "clip the global gradient L2 norm (0: off)")
       ("dist.check-finite", po::bool_switch(), "check gradients for NaN/Inf before all-reduce (names rank and tensor)");
-}
-
-struct Evaluation {
-  dist::EvalMetrics metrics;
-  double seconds = 0;
-};
-
-// Every rank evaluates its exact shard of the dev set (no padding, no double counting); the
-// confusion counts are summed across ranks.
-Evaluation evaluate(model::Backbone& backbone, const dist::EncodedDataset& dev, int64_t num_labels,
-                    int64_t batch_size, comm::Communicator& comm) {
-  const auto start = Clock::now();
-  torch::NoGradGuard no_grad;
-  backbone.set_training(false);
-  const auto shard = dist::shard_indices(dev.size(), comm.rank(), comm.size());
-  dist::Confusion confusion(num_labels);
-  for (size_t begin = 0; begin < shard.size(); begin += batch_size) {
-    const std::vector<int64_t> idx(shard.begin() + begin,
-                                   shard.begin() + std::min(shard.size(), begin + batch_size));
-    model::Batch batch = dist::collate(dev, idx);
-    const auto out = backbone.forward(batch);
-    confusion.add(batch.labels, out.logits.argmax(-1));
-  }
-  backbone.set_training(true);
-  return {dist::gather_metrics(confusion, comm), seconds_since(start)};
 }
 
 std::string shapes_text(const std::vector<peft::Trainable>& trainables) {
@@ -119,12 +92,10 @@ int run_train(const po::variables_map& vm) {
   // ---- model, data, method ------------------------------------------------------------------------------
   const dist::TaskInfo& task = dist::glue_task(vm["task"].as<std::string>());
   torch::manual_seed(seed);  // the same initial trainable values on every rank (checked below)
-  auto backbone = model::load_backbone(vm["model"].as<std::string>(), task.num_labels);
+  TaskModel task_model = load_task_model(vm["model"].as<std::string>(), vm["tokenizer"].as<std::string>(), task);
+  auto& backbone = task_model.backbone;
+  auto& tokenizer = task_model.tokenizer;
   const model::ModelConfig& config = backbone->config();
-  auto tokenizer = model::load_tokenizer(vm["tokenizer"].as<std::string>());
-  if (config.arch == model::Arch::T5) {
-    dynamic_cast<model::T5Backbone&>(*backbone).set_label_token_ids(dist::label_first_token_ids(task, *tokenizer));
-  }
   // ---- data: every rank reads and tokenizes; the sampler gives each its shard ----------------------
   auto t0 = Clock::now();
   const auto encode = dist::encode_options_for(config, task.name, vm["train.max-len"].as<int64_t>());
@@ -276,7 +247,7 @@ int run_train(const po::variables_map& vm) {
     for (int64_t micro = 0; micro < accum; ++micro) {
       model::Batch batch = dist::collate(train_data, sampler.next_batch(batch_size));
       grad_sync.set_sync(micro == accum - 1);
-      auto out = backbone->forward(batch);
+      auto out = methods.forward(*backbone, batch);
       auto loss = out.loss / static_cast<double>(accum);
       loss.backward();
       loss_sum += loss.item<double>();
@@ -316,7 +287,7 @@ int run_train(const po::variables_map& vm) {
 
     // eval at intervals and at the end.
     if ((eval_every > 0 && step % eval_every == 0) || step == steps) {
-      const Evaluation e = evaluate(*backbone, dev_data, task.num_labels, eval_batch, session.cpu_comm());
+      const Evaluation e = evaluate(methods, *backbone, dev_data, task.num_labels, eval_batch, session.cpu_comm());
       if (progress_bar) std::printf("\n");
       nlohmann::json j = {{"step", step}, {"eval_accuracy", e.metrics.accuracy}, {"eval_count", e.metrics.count}};
       if (task.metric == dist::MetricKind::Mcc) j["eval_mcc"] = e.metrics.mcc;

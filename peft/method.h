@@ -42,6 +42,24 @@ class Method {
   virtual std::vector<Trainable> attach(model::Backbone& backbone) = 0;
   // Canonical text of the method's options (start-up agreement, checkpoints).
   virtual std::string describe() const = 0;
+
+  // Methods that must run the backbone themselves override these (LST: the backbone without
+  // autograd, then a side network); every other method changes the forward only through its hooks.
+  // At most one method of a MethodSet may override the forward.
+  virtual bool overrides_forward() const { return false; }
+  virtual model::ForwardResult forward(model::Backbone& backbone, const model::Batch& batch,
+                                       const model::ForwardOptions& options) {
+    return backbone.forward(batch, options);
+  }
+
+  // Folding into the backbone (HF PEFT's merge_adapter / unmerge_adapter): merge() adds the method's
+  // delta to the frozen weights in place and makes its hooks pass through, so the forward computes the
+  // same function with the backbone's own weights; unmerge() subtracts it again (equal within fp
+  // rounding) and re-enables the hooks. Methods that cannot be folded into the backbone's existing
+  // weights (adapters, prefixes, prompts, BitFit's added biases, LST) keep can_merge() false.
+  virtual bool can_merge() const { return false; }
+  virtual void merge(model::Backbone& backbone);
+  virtual void unmerge(model::Backbone& backbone);
 };
 
 struct MethodInfo {
@@ -83,6 +101,14 @@ class MethodSet {
   std::vector<Trainable> apply(model::Backbone& backbone) const;
   std::string describe() const;
   const std::vector<std::unique_ptr<Method>>& methods() const { return methods_; }
+
+  // The forward pass of the set: the one method that overrides it, else the hooked backbone's.
+  model::ForwardResult forward(model::Backbone& backbone, const model::Batch& batch,
+                               const model::ForwardOptions& options = {}) const;
+  // Merges every method (each must can_merge(); a UsageError names the first that cannot), and undoes it.
+  bool can_merge() const;
+  void merge(model::Backbone& backbone) const;
+  void unmerge(model::Backbone& backbone) const;
 
  private:
   std::vector<std::unique_ptr<Method>> methods_;

@@ -93,11 +93,55 @@ MethodSet MethodSet::from_options(const po::variables_map& vm) {
 MethodSet MethodSet::from_names(const std::string& spec, const po::variables_map& vm) {
   MethodSet set;
   std::set<std::string> seen;
+  std::string forward_owner;
   for (const auto& name : split_plus(spec)) {
     if (!seen.insert(name).second) throw_usage_error("--method '" + spec + "' names '" + name + "' twice");
     set.methods_.push_back(Registry::global().get(name).create(vm));
+    if (set.methods_.back()->overrides_forward()) {
+      if (!forward_owner.empty()) {
+        throw_usage_error("--method '" + spec + "': '" + forward_owner + "' and '" + name +
+                          "' both run the backbone themselves and cannot be combined");
+      }
+      forward_owner = name;
+    }
   }
   return set;
+}
+
+void Method::merge(model::Backbone&) {
+  throw_usage_error("method '" + name() + "' cannot be merged into the backbone's weights");
+}
+void Method::unmerge(model::Backbone&) {
+  throw_usage_error("method '" + name() + "' cannot be merged into the backbone's weights");
+}
+
+model::ForwardResult MethodSet::forward(model::Backbone& backbone, const model::Batch& batch,
+                                        const model::ForwardOptions& options) const {
+  for (const auto& m : methods_) {
+    if (m->overrides_forward()) return m->forward(backbone, batch, options);
+  }
+  return backbone.forward(batch, options);
+}
+
+bool MethodSet::can_merge() const {
+  for (const auto& m : methods_) {
+    if (!m->can_merge()) return false;
+  }
+  return true;
+}
+
+void MethodSet::merge(model::Backbone& backbone) const {
+  for (const auto& m : methods_) {
+    if (!m->can_merge()) {
+      throw_usage_error("method '" + m->name() + "' cannot be merged into the backbone's weights (mergeable: "
+                        "full, lora, ia3, fish, dsee)");
+    }
+  }
+  for (const auto& m : methods_) m->merge(backbone);
+}
+
+void MethodSet::unmerge(model::Backbone& backbone) const {
+  for (auto it = methods_.rbegin(); it != methods_.rend(); ++it) (*it)->unmerge(backbone);
 }
 
 std::vector<model::TensorMeta> MethodSet::plan(const model::ModelConfig& config, int64_t num_labels) const {

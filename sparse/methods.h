@@ -114,6 +114,12 @@ struct EncodedIndices {
   int64_t numel = 0;
 };
 std::vector<EncodedIndices> encoded_indices(const peft::MethodSet& methods);
+// The inverse, for eval/export from a checkpoint: hands every sparse method of `methods` the fixed
+// indices a checkpoint stored (FISH: its mask, so no Fisher is computed; DSEE: its supports), by the
+// names encoded_indices() gave them. Call before methods.apply(backbone) and check the shapes there.
+// Throws dt::UsageError naming a sparse method whose indices are missing.
+void restore_indices(const peft::MethodSet& methods, const std::vector<EncodedIndices>& indices,
+                     const model::ModelConfig& config);
 
 // ---- DSEE ----------------------------------------------------------------------------------------
 struct DseeOptions {

@@ -1,0 +1,45 @@
+// launch/task_model.cpp — see task_model.h.
+#include "launch/task_model.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "model/load.h"
+#include "dist/sampler.h"
+#include "model/t5.h"
+
+namespace dt::launch {
+
+TaskModel load_task_model(const std::string& model_arg, const std::string& tokenizer_path,
+                          const dist::TaskInfo& task) {
+  TaskModel m;
+  m.backbone = model::load_backbone(model_arg, task.num_labels);
+  m.tokenizer = model::load_tokenizer(tokenizer_path);
+  if (m.backbone->config().arch == model::Arch::T5) {
+    dynamic_cast<model::T5Backbone&>(*m.backbone).set_label_token_ids(dist::label_first_token_ids(task, *m.tokenizer));
+  }
+  return m;
+}
+
+Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, const dist::EncodedDataset& dev,
+                    int64_t num_labels, int64_t batch_size, comm::Communicator& comm) {
+  const auto start = std::chrono::steady_clock::now();
+  at::NoGradGuard no_grad;
+  backbone.set_training(false);
+  const auto shard = dist::shard_indices(dev.size(), comm.rank(), comm.size());
+  dist::Confusion confusion(num_labels);
+  for (size_t begin = 0; begin < shard.size(); begin += batch_size) {
+    const std::vector<int64_t> idx(shard.begin() + begin,
+                                   shard.begin() + std::min(shard.size(), begin + batch_size));
+    model::Batch batch = dist::collate(dev, idx);
+    const auto out = methods.forward(backbone, batch);
+    confusion.add(batch.labels, out.logits.argmax(-1));
+  }
+  backbone.set_training(true);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return {dist::gather_metrics(confusion, comm), seconds};
+}
+
+}  // namespace dt::launch
