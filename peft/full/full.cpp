@@ -1,4 +1,5 @@
 // peft/full — full fine-tuning, the baseline: every backbone weight trains (and crosses the wire).
+// Merging is trivially exact: the trained weights are the backbone's own (no hook, no delta).
 #include "peft/method.h"
 
 namespace dt::peft {
@@ -24,6 +25,9 @@ class Full final : public Method {
     return out;
   }
   std::string describe() const override { return "full"; }
+  bool can_merge() const override { return true; }
+  void merge(model::Backbone&) override {}
+  void unmerge(model::Backbone&) override {}
 };
 
 }  // namespace

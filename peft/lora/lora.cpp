@@ -6,11 +6,17 @@
 // (wi, wo) have no projection site of their own, so there LoRA is a weight hook, W' = W + s·B·A
 // (the same function; it materializes W' per forward). Trainable names follow HF PEFT's adapter files:
 // "<module>.lora_A.weight", "<module>.lora_B.weight" with <module> the adapted linear's name.
+//
+// merge() (HF PEFT's merge_adapter) adds s·B·A to each adapted weight in place and turns the hooks
+// into pass-throughs (one `merged` flag shared with every hook lambda), so the backbone alone computes
+// the same function; unmerge() subtracts the same delta (equal within fp rounding) and re-enables them.
 #include <ATen/ATen.h>
 #include <boost/algorithm/string.hpp>
 #include <boost/program_options.hpp>
 
 #include <cmath>
+#include <map>
+#include <memory>
 #include <set>
 
 #include "peft/method.h"
@@ -72,23 +78,41 @@ class Lora final : public Method {
   std::vector<Trainable> attach(model::Backbone& backbone) override {
     const double scale = options_.alpha / static_cast<double>(options_.r);
     std::vector<Trainable> out;
+    attached_.clear();
+    *merged_ = false;
+    std::shared_ptr<const bool> merged = merged_;
     for (const auto& t : lora_targets(backbone.config(), options_)) {
       const double bound = 1.0 / std::sqrt(static_cast<double>(t.in));
       at::Tensor a = at::empty({options_.r, t.in}, at::kFloat).uniform_(-bound, bound).requires_grad_(true);
       at::Tensor b = at::zeros({t.out, options_.r}, at::kFloat).requires_grad_(true);
       if (!t.site.empty()) {
-        backbone.hooks().add_output(t.site, [a, b, scale](const at::Tensor& h, const at::Tensor& x) {
+        backbone.hooks().add_output(t.site, [a, b, scale, merged](const at::Tensor& h, const at::Tensor& x) {
+          if (*merged) return h;
           return h + at::matmul(at::matmul(x.to(a.scalar_type()), a.t()), b.t()) * scale;
         });
       } else {
-        backbone.hooks().set_weight(t.weight, [a, b, scale](const at::Tensor& w) {
+        backbone.hooks().set_weight(t.weight, [a, b, scale, merged](const at::Tensor& w) {
+          if (*merged) return w;
           return w + at::matmul(b, a).to(w.scalar_type()) * scale;
         });
       }
+      attached_.push_back({t.weight, a, b});
       out.push_back({module_of(t.weight) + ".lora_A.weight", a, "lora"});
       out.push_back({module_of(t.weight) + ".lora_B.weight", b, "lora"});
     }
     return out;
+  }
+
+  bool can_merge() const override { return true; }
+  void merge(model::Backbone& backbone) override {
+    DT_CHECK(!*merged_, "lora: merge() called twice without unmerge()");
+    add_delta(backbone, 1.0);
+    *merged_ = true;
+  }
+  void unmerge(model::Backbone& backbone) override {
+    DT_CHECK(*merged_, "lora: unmerge() without a merge()");
+    add_delta(backbone, -1.0);
+    *merged_ = false;
   }
 
   std::string describe() const override {
@@ -97,7 +121,28 @@ class Lora final : public Method {
   }
 
  private:
+  struct Attached {
+    std::string weight;
+    at::Tensor a, b;
+  };
+
+  // W += sign · s·B·A in W's dtype, the product formed in float32 (as HF PEFT's get_delta_weight).
+  void add_delta(model::Backbone& backbone, double sign) const {
+    at::NoGradGuard no_grad;
+    const double scale = options_.alpha / static_cast<double>(options_.r);
+    std::map<std::string, at::Tensor> params;
+    for (const auto& [name, tensor] : backbone.named_parameters()) params.emplace(name, tensor);
+    for (const auto& t : attached_) {
+      auto it = params.find(t.weight);
+      DT_CHECK(it != params.end(), "lora: the backbone has no weight '" + t.weight + "' to merge into");
+      at::Tensor w = it->second;
+      w.add_((at::matmul(t.b.detach(), t.a.detach()) * (sign * scale)).to(w.scalar_type()));
+    }
+  }
+
   LoraOptions options_;
+  std::vector<Attached> attached_;  // filled by attach(), in target order
+  std::shared_ptr<bool> merged_ = std::make_shared<bool>(false);  // read by every hook
 };
 
 LoraOptions parse_options(const po::variables_map& vm) {
