@@ -69,6 +69,30 @@ NamedTensors Optimizer::state() const {
   return out;
 }
 
+void Optimizer::permute_state(const std::string& param, const std::vector<int64_t>& carry) {
+  std::vector<int64_t> to, from;
+  for (size_t p = 0; p < carry.size(); ++p) {
+    if (carry[p] >= 0) {
+      to.push_back(static_cast<int64_t>(p));
+      from.push_back(carry[p]);
+    }
+  }
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (params_[i].first != param) continue;
+    DT_CHECK(params_[i].second.numel() == static_cast<int64_t>(carry.size()),
+             "optimizer: permute_state of '" + param + "' with " + std::to_string(carry.size()) + " entries");
+    for (auto& [slot, t] : states_[i].slots) {
+      if (t.sizes() != params_[i].second.sizes()) continue;  // e.g. Adafactor's factored rows/columns
+      const at::Tensor old = t.clone();
+      t.zero_();
+      if (!to.empty()) t.index_put_({at::tensor(to, at::kLong)}, old.index_select(0, at::tensor(from, at::kLong)));
+    }
+    return;
+  }
+  DT_FAIL("optimizer: no parameter '" + param + "'");
+}
+
 void Optimizer::set_state(const NamedTensors& saved) {
   std::map<std::string, const at::Tensor*> by_name;
   for (const auto& [name, t] : saved) by_name[name] = &t;

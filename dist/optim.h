@@ -64,6 +64,9 @@ class Optimizer {
   NamedTensors state() const;
   // Copies saved state in; throws dt::UsageError on a missing or unknown name or a shape mismatch.
   void set_state(const NamedTensors& saved);
+  // When a parameter's entries move (FISH's mask refresh): entry p of every state slot of `param`
+  // shaped like it becomes old entry carry[p], or 0 where carry[p] < 0. The step count is kept.
+  void permute_state(const std::string& param, const std::vector<int64_t>& carry);
 
  protected:
   struct ParamState {

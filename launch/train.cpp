@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "dist/agreement.h"
@@ -109,18 +111,42 @@ int run_train(const po::variables_map& vm) {
   log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", train_data.size(), dev_data.size(),
             task.name, seconds_since(t0));
   const peft::MethodSet methods = peft::MethodSet::from_options(vm);
+  // FISH's Fisher samples: training examples in an order drawn from `seed` (--fish.seed at start,
+  // shifted by the step at each --fish.refresh-every).
+  auto fisher_samples = [&train_data](uint64_t seed) -> sparse::SampleFn {
+    auto order = std::make_shared<std::vector<int64_t>>(dist::portable_permutation(train_data.size(), seed));
+    return [&train_data, order](const std::vector<int64_t>& ids) {
+      std::vector<int64_t> rows;
+      for (int64_t i : ids) rows.push_back(order->at(i));
+      return dist::collate(train_data, rows);
+    };
+  };
+  std::vector<sparse::FishMethod*> refreshed_fish;  // FISH methods whose mask moves during training
+  for (const auto& m : methods.methods()) {
+    auto* fish = dynamic_cast<sparse::FishMethod*>(m.get());
+    if (fish && fish->options().refresh_every > 0) refreshed_fish.push_back(fish);
+  }
+  if (!refreshed_fish.empty() && vm.count("resume")) {
+    // The mask moved during the run being resumed: continue with the checkpoint's mask.
+    const std::string arg = vm["resume"].as<std::string>();
+    const std::string dir = arg == "auto" ? out_dir : arg;
+    std::optional<dist::ResumePoint> point;
+    if (!dir.empty() && std::filesystem::is_directory(dir)) {
+      point = dist::find_resume(dir);
+    } else if (arg != "auto") {
+      point = dist::ResumePoint{arg, dist::read_checkpoint(arg)};
+    }
+    if (point) {
+      std::vector<sparse::EncodedIndices> stored;
+      for (const auto& i : point->state.indices) stored.push_back({i.name, i.bytes, i.count, i.numel});
+      sparse::restore_indices(methods, stored, config);
+    }
+  }
   if (sparse::needs_data(methods)) {
     // FISH without --fish.mask: the Fisher mask is computed now, over training samples sharded
     // across ranks (the same computation as `deltatune mask`), before the method attaches.
-    const auto order = dist::portable_permutation(train_data.size(), vm["fish.seed"].as<uint64_t>());
-    sparse::prepare_fish(
-        methods, *backbone,
-        [&](const std::vector<int64_t>& ids) {
-          std::vector<int64_t> rows;
-          for (int64_t i : ids) rows.push_back(order.at(i));
-          return dist::collate(train_data, rows);
-        },
-        train_data.size(), session.cpu_comm());
+    sparse::prepare_fish(methods, *backbone, fisher_samples(vm["fish.seed"].as<uint64_t>()), train_data.size(),
+                         session.cpu_comm());
   }
   const std::vector<peft::Trainable> trainables = methods.apply(*backbone);
   int64_t trainable_params = 0, backbone_params = 0;
@@ -260,6 +286,19 @@ int run_train(const po::variables_map& vm) {
     const double lr = schedule.lr(step - 1);  // HF's convention: steps already taken
     optimizer->step(lr);
     grad_sync.zero_grad();
+
+    // FISH --fish.refresh-every: a new mask of the same count; values and optimizer state follow
+    // the indices both masks hold, and checkpoints from now on store the new indices.
+    for (auto* fish : refreshed_fish) {
+      if (step % fish->options().refresh_every != 0 || step == steps) continue;
+      const auto carry = fish->refresh(*backbone, fisher_samples(vm["fish.seed"].as<uint64_t>() + step),
+                                       train_data.size(), session.cpu_comm());
+      optimizer->permute_state("fish.values", carry);
+      identity.indices.clear();
+      for (auto& e : sparse::encoded_indices(methods)) {
+        identity.indices.push_back({e.name, "deltatune-index-v1", std::move(e.bytes), e.count, e.numel});
+      }
+    }
 
     // log: the loss averaged over ranks (one float; not counted in bytes_allreduced).
     // The preemption flag rides on the loss all-reduce: > 0 when any rank got SIGUSR1/SIGTERM.

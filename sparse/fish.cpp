@@ -30,6 +30,14 @@ FishOptions fish_options(const po::variables_map& vm) {
   o.select = vm["fish.select"].as<std::string>();
   if (vm.count("fish.mask")) o.mask_path = vm["fish.mask"].as<std::string>();
   o.seed = vm["fish.seed"].as<uint64_t>();
+  o.refresh_every = vm["fish.refresh-every"].as<int64_t>();
+  if (o.refresh_every < 0) throw_usage_error("--fish.refresh-every must be >= 0");
+  if (o.refresh_every > 0 && o.select != "fisher") {
+    throw_usage_error("--fish.refresh-every recomputes the Fisher: it needs --fish.select fisher");
+  }
+  if (o.refresh_every > 0 && o.topk.per_tensor) {
+    throw_usage_error("--fish.refresh-every keeps one global count: it excludes --fish.per-tensor");
+  }
   if (o.select != "fisher" && o.select != "magnitude" && o.select != "random") {
     throw_usage_error("--fish.select '" + o.select + "': expected fisher | magnitude | random");
   }
@@ -60,6 +68,7 @@ std::string describe_fish_options(const FishOptions& o) {
     }
     if (o.select != "magnitude") out += fmt::format(",seed={}", o.seed);
   }
+  if (o.refresh_every > 0) out += fmt::format(",refresh_every={}", o.refresh_every);
   return out + ",include=" + include + ",exclude=" + exclude;
 }
 
@@ -112,6 +121,50 @@ std::vector<EncodedIndices> encoded_indices(const peft::MethodSet& methods) {
     if (auto* dsee = dynamic_cast<DseeMethod*>(m.get())) add("dsee", dsee->support());
   }
   return out;
+}
+
+void restore_indices(const peft::MethodSet& methods, const std::vector<EncodedIndices>& indices,
+                     const model::ModelConfig& config) {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& meta : model::describe(config)) shapes[meta.name] = meta.shape;
+  for (const auto& m : methods.methods()) {
+    auto* fish = dynamic_cast<FishMethod*>(m.get());
+    if (!fish) continue;
+    Mask mask;
+    for (const auto& e : indices) {
+      if (e.name.rfind("fish:", 0) != 0) continue;
+      const std::string weight = e.name.substr(5);
+      auto shape = shapes.find(weight);
+      if (shape == shapes.end()) {
+        throw_usage_error("fish: the stored mask covers '" + weight + "', which " + config.name + " does not have");
+      }
+      int64_t numel = 0;
+      std::vector<int64_t> flat = decode_indices(e.bytes.data(), e.bytes.size(), &numel);
+      const int64_t expected_numel = model::TensorMeta{weight, shape->second}.numel();
+      if (numel != expected_numel || static_cast<int64_t>(flat.size()) != e.count) {
+        throw_usage_error(fmt::format("fish: the stored mask of '{}' has {} of {} entries; {} has {} entries there",
+                                      weight, flat.size(), numel, config.name, expected_numel));
+      }
+      mask.entries.push_back({weight, shape->second, at::tensor(flat, at::kLong)});
+    }
+    if (mask.entries.empty()) throw_usage_error("fish: the checkpoint stores no FISH mask (indices 'fish:*')");
+    fish->set_mask(std::move(mask));
+  }
+}
+
+void verify_indices(const peft::MethodSet& methods, const std::vector<EncodedIndices>& expected) {
+  const auto actual = encoded_indices(methods);
+  std::map<std::string, const EncodedIndices*> want;
+  for (const auto& e : expected) want[e.name] = &e;
+  for (const auto& a : actual) {
+    auto it = want.find(a.name);
+    if (it == want.end()) throw_usage_error("sparse indices of '" + a.name + "' are not in the checkpoint");
+    if (it->second->bytes != a.bytes || it->second->count != a.count || it->second->numel != a.numel) {
+      throw_usage_error("sparse indices of '" + a.name + "' differ from the checkpoint's (another mask or backbone)");
+    }
+    want.erase(it);
+  }
+  if (!want.empty()) throw_usage_error("the checkpoint has sparse indices '" + want.begin()->first + "' that --method does not make");
 }
 
 bool needs_data(const peft::MethodSet& methods) {
@@ -169,24 +222,121 @@ std::vector<peft::Trainable> FishMethod::attach(model::Backbone& backbone) {
   }
   std::map<std::string, at::Tensor> by_name;
   for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
-  at::Tensor values = at::zeros({mask_->count()}, at::kFloat).requires_grad_(true);
-  int64_t offset = 0;
   for (const auto& e : mask_->entries) {
     auto it = by_name.find(e.name);
     DT_CHECK(it != by_name.end(), "fish: the backbone has no parameter '" + e.name + "'");
     DT_CHECK(it->second.sizes().vec() == e.shape, "fish: mask shape of '" + e.name + "' differs from the parameter");
-    const at::Tensor idx = e.indices.to(at::kLong).contiguous();
-    const int64_t begin = offset, count = e.count();
-    backbone.hooks().set_weight(e.name, [values, idx, begin, count](const at::Tensor& w) {
-      return add_scattered(w, idx, values.narrow(0, begin, count));
-    });
-    offset += count;
   }
-  return {{"fish.values", values, "fish"}};
+  values_ = at::zeros({mask_->count()}, at::kFloat).requires_grad_(true);
+  *merged_ = false;
+  set_layout();
+  // Hooks on the masked tensors; with --fish.refresh-every on every eligible tensor, since a later
+  // mask may move into any of them (a tensor outside the layout passes through).
+  std::vector<std::string> hooked;
+  if (options_.refresh_every > 0) {
+    for (const auto& meta : eligible_tensors(backbone.config(), options_.fisher.include, options_.fisher.exclude)) {
+      hooked.push_back(meta.name);
+    }
+  } else {
+    for (const auto& e : mask_->entries) hooked.push_back(e.name);
+  }
+  const at::Tensor values = values_;
+  std::shared_ptr<const Layout> layout = layout_;
+  std::shared_ptr<const bool> merged = merged_;
+  for (const auto& name : hooked) {
+    backbone.hooks().set_weight(name, [values, layout, merged, name](const at::Tensor& w) {
+      auto it = layout->find(name);
+      if (*merged || it == layout->end()) return w;
+      return add_scattered(w, it->second.indices, values.narrow(0, it->second.begin, it->second.count));
+    });
+  }
+  return {{"fish.values", values_, "fish"}};
+}
+
+void FishMethod::set_layout() {
+  layout_->clear();
+  int64_t offset = 0;
+  for (const auto& e : mask_->entries) {
+    (*layout_)[e.name] = Slice{e.indices.to(at::kLong).contiguous(), offset, e.count()};
+    offset += e.count();
+  }
+}
+
+std::vector<int64_t> FishMethod::refresh(model::Backbone& backbone, const SampleFn& sample, int64_t available,
+                                         comm::Communicator& comm) {
+  DT_CHECK(values_.defined() && mask_ && !*merged_, "fish: refresh needs an attached, unmerged method");
+  DT_CHECK(options_.refresh_every > 0, "fish: refresh without --fish.refresh-every (the hooks cover the mask only)");
+  Mask next = compute_fish_mask(backbone, sample, available, &comm, options_);
+  DT_CHECK(next.count() == mask_->count(), "fish: a refreshed mask has another count");
+  // Both masks list sorted flat indices per tensor: merge them tensor by tensor.
+  std::vector<int64_t> carry(static_cast<size_t>(next.count()), -1);
+  int64_t position = 0;
+  for (const auto& e : next.entries) {
+    const at::Tensor idx = e.indices.to(at::kLong).contiguous();
+    const int64_t* now = idx.data_ptr<int64_t>();
+    auto old = layout_->find(e.name);
+    if (old != layout_->end()) {
+      const int64_t* before = old->second.indices.data_ptr<int64_t>();
+      int64_t i = 0, j = 0;
+      while (i < e.count() && j < old->second.count) {
+        if (now[i] == before[j]) carry[position + i++] = old->second.begin + j++;
+        else if (now[i] < before[j]) ++i;
+        else ++j;
+      }
+    }
+    position += e.count();
+  }
+  {
+    at::NoGradGuard no_grad;
+    const at::Tensor old_values = values_.detach().clone();
+    std::vector<int64_t> to, from;
+    for (size_t p = 0; p < carry.size(); ++p) {
+      if (carry[p] >= 0) {
+        to.push_back(static_cast<int64_t>(p));
+        from.push_back(carry[p]);
+      }
+    }
+    at::Tensor v = values_.detach();
+    v.zero_();
+    if (!to.empty()) v.index_put_({at::tensor(to, at::kLong)}, old_values.index_select(0, at::tensor(from, at::kLong)));
+  }
+  int64_t kept = 0;
+  for (int64_t c : carry) kept += c >= 0;
+  log::info("fish: mask refreshed ({} of {} indices kept, hash {})", kept, next.count(), next.hash_hex());
+  mask_ = std::make_shared<Mask>(std::move(next));
+  set_layout();
+  return carry;
+}
+
+void FishMethod::add_delta(model::Backbone& backbone, double sign) const {
+  DT_CHECK(values_.defined() && mask_, "fish: merge before attach");
+  at::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> by_name;
+  for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+  for (const auto& [name, slice] : *layout_) {
+    at::Tensor w = by_name.at(name);
+    const at::Tensor v = values_.detach().narrow(0, slice.begin, slice.count).to(w.scalar_type()) * sign;
+    w.view({-1}).index_add_(0, slice.indices, v);
+  }
+}
+
+void FishMethod::merge(model::Backbone& backbone) {
+  DT_CHECK(!*merged_, "fish: already merged");
+  add_delta(backbone, 1.0);
+  *merged_ = true;
+}
+
+void FishMethod::unmerge(model::Backbone& backbone) {
+  DT_CHECK(*merged_, "fish: not merged");
+  add_delta(backbone, -1.0);
+  *merged_ = false;
 }
 
 std::string FishMethod::describe() const {
-  return "fish(" + describe_fish_options(options_) + (mask_ ? ",mask_hash=" + mask_->hash_hex() : "") + ")";
+  // A refreshed mask changes during training: its indices are compared through the checkpoint's
+  // stored indices instead of this text (which a resume compares).
+  const bool fixed_mask = mask_ && options_.refresh_every == 0;
+  return "fish(" + describe_fish_options(options_) + (fixed_mask ? ",mask_hash=" + mask_->hash_hex() : "") + ")";
 }
 
 // ---- accounting -------------------------------------------------------------------------------------
@@ -251,7 +401,9 @@ void register_fish(peft::Registry& registry) {
                       ("fish.select", po::value<std::string>()->default_value("fisher"),
                        "fisher | magnitude (largest |W|) | random: how the mask is chosen")
                       ("fish.mask", po::value<std::string>(), "a mask file from `deltatune mask` (instead of computing one)")
-                      ("fish.seed", po::value<uint64_t>()->default_value(0), "order of the Fisher samples; random selection");
+                      ("fish.seed", po::value<uint64_t>()->default_value(0), "order of the Fisher samples; random selection")
+                      ("fish.refresh-every", po::value<int64_t>()->default_value(0),
+                       "recompute the Fisher mask every N steps, carrying values over for kept indices (0: fixed mask)");
                 },
                 [](const po::variables_map& vm) { return std::make_unique<FishMethod>(fish_options(vm)); }});
 }

@@ -27,6 +27,7 @@
 #include <boost/program_options/variables_map.hpp>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -60,6 +61,7 @@ struct FishOptions {
   std::string select = "fisher";  // --fish.select fisher | magnitude | random
   std::string mask_path;     // --fish.mask
   uint64_t seed = 0;         // --fish.seed: sample order (mask) and the random selection
+  int64_t refresh_every = 0; // --fish.refresh-every N: recompute the Fisher mask every N steps (0: fixed)
 };
 FishOptions fish_options(const boost::program_options::variables_map& vm);
 std::string describe_fish_options(const FishOptions& options);
@@ -72,6 +74,18 @@ class FishMethod final : public peft::Method {
   std::vector<peft::Trainable> attach(model::Backbone& backbone) override;
   std::string describe() const override;
   SparseAccounting accounting(const model::ModelConfig& config) const;
+  // merge: W.flat[idx] += values in place for every masked tensor; the hooks pass through meanwhile.
+  bool can_merge() const override { return true; }
+  void merge(model::Backbone& backbone) override;
+  void unmerge(model::Backbone& backbone) override;
+
+  // --fish.refresh-every: recomputes the Fisher of the current model (values applied) over
+  // `samples` (collective) and moves the mask to its top-k. The count k is unchanged, so the
+  // trainable tensor keeps its size (and its GradSync bucket): values at indices both masks hold
+  // carry over in place, new indices start at 0, and the deltas of dropped indices are discarded.
+  // Returns, per position of the new values, its old position (-1: new), for the optimizer state.
+  std::vector<int64_t> refresh(model::Backbone& backbone, const SampleFn& sample, int64_t available,
+                               comm::Communicator& comm);
 
   const FishOptions& options() const { return options_; }
   // A mask computed beforehand (prepare_fish); attach() then uses it.
@@ -83,6 +97,18 @@ class FishMethod final : public peft::Method {
  private:
   FishOptions options_;
   std::shared_ptr<Mask> mask_;
+  // Where each masked tensor's values live in "fish.values"; the weight hooks read it at every
+  // forward, so refresh() can move the mask without re-registering hooks.
+  struct Slice {
+    at::Tensor indices;  // int64 flat indices
+    int64_t begin = 0, count = 0;
+  };
+  using Layout = std::map<std::string, Slice>;
+  std::shared_ptr<Layout> layout_ = std::make_shared<Layout>();
+  void set_layout();
+  at::Tensor values_;                         // the trainable "fish.values" after attach()
+  std::shared_ptr<bool> merged_ = std::make_shared<bool>(false);  // read by the weight hooks
+  void add_delta(model::Backbone& backbone, double sign) const;
 };
 
 // The mask of `options` over `backbone` (collective when the Fisher is computed: every rank calls
@@ -114,12 +140,16 @@ struct EncodedIndices {
   int64_t numel = 0;
 };
 std::vector<EncodedIndices> encoded_indices(const peft::MethodSet& methods);
-// The inverse, for eval/export from a checkpoint: hands every sparse method of `methods` the fixed
-// indices a checkpoint stored (FISH: its mask, so no Fisher is computed; DSEE: its supports), by the
-// names encoded_indices() gave them. Call before methods.apply(backbone) and check the shapes there.
-// Throws dt::UsageError naming a sparse method whose indices are missing.
+// The inverse, for eval/export from a checkpoint: hands every FISH method of `methods` the mask a
+// checkpoint stored (by the names encoded_indices() gave them), so no Fisher is computed and the
+// values land on the same indices. Call before methods.apply(backbone). DSEE's supports are
+// recomputed from the pretrained weights at attach (deterministic); verify_indices() then compares.
+// Throws dt::UsageError naming a FISH method whose mask is missing or does not fit `config`.
 void restore_indices(const peft::MethodSet& methods, const std::vector<EncodedIndices>& indices,
                      const model::ModelConfig& config);
+// After apply(): the set's encoded indices equal `expected` (names, counts and bytes), else a
+// dt::UsageError naming the first tensor that differs (another mask, another backbone).
+void verify_indices(const peft::MethodSet& methods, const std::vector<EncodedIndices>& expected);
 
 // ---- DSEE ----------------------------------------------------------------------------------------
 struct DseeOptions {

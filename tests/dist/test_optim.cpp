@@ -169,6 +169,32 @@ TEST(Optim, ZeroGradKeepsTheGradientTensors) {
   EXPECT_TRUE(at::equal(params[0].second, before));
 }
 
+// FISH's mask refresh moves entries of "fish.values": the state of entry p becomes the old entry
+// carry[p] (0 where new), the step count stays.
+TEST(Optim, PermuteStateMovesEntriesWithTheirParameter) {
+  NamedTensors params = {{"v", at::zeros({4}).set_requires_grad(true)}};
+  AdamW opt(params);
+  params[0].second.mutable_grad() = at::tensor({1.0f, 2.0f, 3.0f, 4.0f});
+  opt.step(0.1);
+  NamedTensors before;
+  for (const auto& [k, t] : opt.state()) before.emplace_back(k, t.clone());
+  opt.permute_state("v", {2, -1, 0, -1});
+  const NamedTensors after = opt.state();
+  ASSERT_EQ(after.size(), before.size());
+  for (size_t i = 0; i < after.size(); ++i) {
+    if (after[i].first == "v.step") {
+      EXPECT_EQ(after[i].second.item<int64_t>(), 1);
+      continue;
+    }
+    const at::Tensor& b = before[i].second;
+    const at::Tensor want = at::stack({b[2], at::zeros({}), b[0], at::zeros({})});
+    EXPECT_TRUE(at::equal(after[i].second, want)) << after[i].first;
+    EXPECT_NE(b[2].item<float>(), 0.0f);
+  }
+  EXPECT_THROW(opt.permute_state("v", {0, 1}), Error);
+  EXPECT_THROW(opt.permute_state("w", {0, 1, 2, 3}), Error);
+}
+
 TEST(Optim, UnknownNamesAreUsageErrors) {
   OptimizerOptions o;
   o.name = "sgd";

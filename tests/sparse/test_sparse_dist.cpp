@@ -248,3 +248,107 @@ TEST(FishDist, RanksHoldingDifferentMasksFailTheStartUpAgreement) {
     EXPECT_NE(what.find("rank"), std::string::npos) << what;
   }
 }
+
+// --fish.refresh-every: the refreshed mask is the top-k of the Fisher of the current model (the
+// same on every rank); values at indices both masks hold carry over exactly, new ones start at 0,
+// and the trainable tensor keeps its size (so GradSync's buckets stay valid).
+TEST(FishDist, RefreshMovesTheMaskAndCarriesKeptValues) {
+  auto& comm = dt::testing::test_comm();
+  auto model = dt::testing::tiny_backbone();
+  const auto& config = model->config();
+  const auto set = dt::testing::method_set(
+      "fish", {"--fish.keep", "0.02", "--fish.samples", "16", "--fish.refresh-every", "1"});
+  sparse::prepare_fish(set, *model, dt::testing::sample_fn(config), 40, comm);
+  const auto trainables = set.apply(*model);
+  auto* fish = dynamic_cast<sparse::FishMethod*>(set.methods()[0].get());
+  const at::Tensor values = trainables[0].tensor;
+  {
+    torch::NoGradGuard no_grad;
+    values.copy_(at::arange(1, values.numel() + 1, at::kFloat) * 1e-4);  // distinct, non-zero, small
+  }
+  const sparse::Mask before = *fish->mask();
+  auto value_at = [](const sparse::Mask& mask, const at::Tensor& v) {
+    std::map<std::pair<std::string, int64_t>, float> out;
+    int64_t offset = 0;
+    for (const auto& e : mask.entries) {
+      for (int64_t i = 0; i < e.count(); ++i) out[{e.name, e.indices[i].item<int64_t>()}] = v[offset + i].item<float>();
+      offset += e.count();
+    }
+    return out;
+  };
+  const auto old_values = value_at(before, values.detach());
+  // Other samples than the first mask's, so the new Fisher differs.
+  const auto base = dt::testing::sample_fn(config);
+  const sparse::SampleFn shifted = [&base](const std::vector<int64_t>& ids) {
+    std::vector<int64_t> moved;
+    for (int64_t i : ids) moved.push_back(i + 1000);
+    return base(moved);
+  };
+  const sparse::Mask expected = sparse::compute_fish_mask(*model, shifted, 40, &comm, fish->options());
+  const auto carry = fish->refresh(*model, shifted, 40, comm);
+  const sparse::Mask& after = *fish->mask();
+  EXPECT_EQ(after.hash(), expected.hash());
+  EXPECT_NE(after.hash(), before.hash());
+  EXPECT_EQ(after.count(), before.count());
+  EXPECT_EQ(values.numel(), before.count());
+  dist::agree_or_throw(comm, {{"refreshed mask", after.hash_hex()}});
+
+  int64_t kept = 0, fresh = 0;
+  for (const auto& [key, v] : value_at(after, values.detach())) {
+    auto it = old_values.find(key);
+    if (it != old_values.end()) {
+      EXPECT_EQ(v, it->second) << key.first << "[" << key.second << "]";
+      ++kept;
+    } else {
+      EXPECT_EQ(v, 0.0f) << key.first << "[" << key.second << "]";
+      ++fresh;
+    }
+  }
+  EXPECT_GT(kept, 0);
+  EXPECT_GT(fresh, 0);
+  int64_t carried = 0;
+  for (int64_t c : carry) carried += c >= 0;
+  EXPECT_EQ(carried, kept);
+  // The hooks follow the new layout: the effective weight is W + the new values at the new indices.
+  torch::NoGradGuard no_grad;
+  auto params = by_name(*model);
+  int64_t offset = 0;
+  for (const auto& e : after.entries) {
+    const at::Tensor w = params.at(e.name);
+    const at::Tensor want = w.reshape(-1).index_add(0, e.indices, values.narrow(0, offset, e.count())).view(w.sizes());
+    EXPECT_TRUE(at::equal(model->hooks().weight(e.name, w), want)) << e.name;
+    offset += e.count();
+  }
+  for (const auto& e : before.entries) {
+    if (!after.find(e.name)) EXPECT_TRUE(at::equal(model->hooks().weight(e.name, params.at(e.name)), params.at(e.name)));
+  }
+}
+
+// merge() folds the values into the frozen weights (the forward is unchanged, the hooks pass
+// through); unmerge() restores the weights.
+TEST(FishDist, MergeKeepsTheForwardAndUnmergeRestoresTheWeights) {
+  auto model = dt::testing::tiny_backbone();
+  const auto& config = model->config();
+  const auto set = dt::testing::method_set("fish", {"--fish.keep", "0.05", "--fish.select", "magnitude"});
+  const auto trainables = set.apply(*model);
+  {
+    torch::NoGradGuard no_grad;
+    trainables[0].tensor.normal_(0.0, 0.1);
+  }
+  const auto batch = dt::testing::sample_batch(config, {1, 2, 3});
+  torch::NoGradGuard no_grad;
+  std::map<std::string, at::Tensor> original;
+  for (const auto& [n, t] : model->named_parameters()) original[n] = t.clone();
+  const at::Tensor hooked = model->forward(batch).logits;
+  ASSERT_TRUE(set.can_merge());
+  set.merge(*model);
+  EXPECT_LT((model->forward(batch).logits - hooked).abs().max().item<double>(), 1e-5);
+  int64_t changed = 0;
+  for (const auto& [n, t] : model->named_parameters()) changed += !at::equal(t, original[n]);
+  EXPECT_GT(changed, 0);
+  set.unmerge(*model);
+  EXPECT_LT((model->forward(batch).logits - hooked).abs().max().item<double>(), 1e-5);
+  for (const auto& [n, t] : model->named_parameters()) {
+    EXPECT_LT((t - original[n]).abs().max().item<double>(), 1e-6) << n;
+  }
+}
