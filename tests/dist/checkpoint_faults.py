@@ -10,7 +10,8 @@
 4. A flipped byte in a data chunk: `inspect --verify` and `--resume PATH` fail naming the checksum;
    `--resume auto` falls back to the previous checkpoint.
 5. kill -9 of one of 4 ranks: every rank is gone within 30 s and mpirun exits non-zero.
-6. Every configs/<method>.ini: resuming from step 3 of 6 reproduces steps 4-6 bit for bit.
+6. Every configs/<method>.ini (and FISH with --fish.refresh-every 2): resuming from step 3 of 6
+   reproduces steps 4-6 bit for bit.
 Parts 2-5 need train's checkpoint wiring; until then (train refuses --out) the script exits 77 (skip).
 """
 import json
@@ -181,10 +182,13 @@ if wait_for_steps(met4, 3, proc):
           f"kill -9 of rank 1 of 4: all gone in {gone:.1f} s (left: {alive}), exit {proc.returncode}")
 
 # ---- 6. every method's checkpoint round trip: resume from step 3 of 6 reproduces steps 4-6 -----------
-for cfg in sorted(f for f in os.listdir("configs") if f.endswith(".ini") and f != "main.ini"):
-    d = f"{tmp}/m-{cfg[:-4]}"
+# Plus FISH whose mask moves every 2 steps (--fish.refresh-every): the resume takes the mask of step 3.
+cases = [(f, []) for f in sorted(f for f in os.listdir("configs") if f.endswith(".ini") and f != "main.ini")]
+cases.append(("fish.ini", ["--fish.refresh-every", "2", "--fish.samples", "64"]))
+for cfg, extra in cases:
+    d = f"{tmp}/m-{cfg[:-4]}" + ("-refresh" if extra else "")
     base = [DT, "train", "--config", "configs/" + cfg, "--train.steps", "6", "--train.eval-every", "0",
-            "--train.eval-max", "16", "--threads", "1", "--out", d, "--ckpt.every", "3", "--ckpt.keep", "5"]
+            "--train.eval-max", "16", "--threads", "1", "--out", d, "--ckpt.every", "3", "--ckpt.keep", "5"] + extra
     first = run(base + ["--metrics", d + ".a.jsonl"], timeout=600)
     if first.returncode != 0:
         check(False, f"{cfg}: 6 steps with checkpoints exit 0: " + first.stderr.strip()[-200:])
