@@ -43,7 +43,7 @@ def run(args, **kw):
 
 
 def train_args(steps, extra=()):
-    return [DT, "train", "--config", "configs/main.ini", "--train.steps", str(steps), "--train.eval-every", "0",
+    return [DT, "train", "--config", "configs/lora-qkvo.ini", "--train.steps", str(steps), "--train.eval-every", "0",
             "--train.eval-max", "64", "--threads", "1", *extra]
 
 
