@@ -1,14 +1,117 @@
-// launch/eval.cpp — `deltatune eval` (not filled in yet: issue 8).
+// launch/eval.cpp — `deltatune eval CKPT`: a checkpoint's dev-set metrics, sharded across ranks.
+//
+// Design note: the model is rebuilt from the checkpoint alone (launch/from_checkpoint.h) and evaluated
+// by the very function train calls at its evaluation steps (launch/task_model.h `evaluate`: every rank
+// its exact shard, confusion counts summed), on the dev set as train read it — the same task, max-len
+// and, unless --eval.max says otherwise, the same first N examples — so the accuracy printed here is
+// the one the training log shows at that step, at any number of ranks. Rank 0 alone hashes the
+// backbone for the identity check; a mismatch there aborts every rank (exit 2).
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+
+#include "dist/glue.h"
 #include "launch/cli.h"
+#include "launch/from_checkpoint.h"
+#include "launch/session.h"
+#include "launch/task_model.h"
+#include "util/error.h"
+#include "util/log.h"
 
 namespace dt::launch {
+namespace {
+
+std::string option_or_empty(const po::variables_map& vm, const char* name) {
+  return vm.count(name) ? vm[name].as<std::string>() : "";
+}
+
+int run_eval(const po::variables_map& vm) {
+  if (!vm.count("checkpoint")) throw_usage_error("deltatune eval: give a checkpoint (file or train's --out directory)");
+  SessionOptions session_options;
+  session_options.backend = "mpi";  // evaluation is a few CPU-side all-reduces
+  session_options.log_all_ranks = vm["log-all-ranks"].as<bool>();
+  session_options.threads = vm["threads"].as<int>();
+  Session session(session_options);
+  comm::Communicator& comm = session.cpu_comm();
+
+  const std::string path = resolve_checkpoint(vm["checkpoint"].as<std::string>(), "eval");
+  CheckpointOverrides overrides;
+  overrides.model = option_or_empty(vm, "model");
+  overrides.tokenizer = option_or_empty(vm, "tokenizer");
+  overrides.data = option_or_empty(vm, "data");
+  overrides.task = option_or_empty(vm, "task");
+  RestoredModel r = restore_model(path, overrides, /*check_identity=*/comm.rank() == 0);
+  const dist::TaskInfo& task = *r.task;
+  log::info("eval {}: step {}, method {}, {} rank(s)", path, r.state.step, r.state.method, comm.size());
+
+  // ---- the dev set as train read it ----------------------------------------------------------------
+  const auto& cfg = r.options;
+  int64_t max = vm["eval.max"].as<int64_t>();
+  if (max < 0) max = cfg["train.eval-max"].as<int64_t>();
+  int64_t batch_size = vm["eval.batch-size"].as<int64_t>();
+  if (batch_size <= 0) batch_size = cfg["train.eval-batch-size"].as<int64_t>();
+  const auto encode =
+      dist::encode_options_for(r.model.backbone->config(), task.name, cfg["train.max-len"].as<int64_t>());
+  auto examples = dist::read_glue(cfg["data"].as<std::string>(), task.name, "dev");
+  if (max > 0 && max < static_cast<int64_t>(examples.size())) examples.resize(max);
+  const dist::EncodedDataset dev = dist::encode_all(examples, *r.model.tokenizer, encode);
+
+  // ---- evaluate (collective) ------------------------------------------------------------------------
+  const Evaluation e = evaluate(r.methods, *r.model.backbone, dev, task.num_labels, batch_size, comm);
+  const bool mcc = task.metric == dist::MetricKind::Mcc;
+  log::info("eval step {}: dev accuracy {:.4f}{} on {} examples of {} ({:.1f} s)", r.state.step, e.metrics.accuracy,
+            mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "", e.metrics.count, task.name, e.seconds);
+
+  nlohmann::json j = {{"step", r.state.step}, {"eval_accuracy", e.metrics.accuracy}, {"eval_count", e.metrics.count}};
+  if (mcc) j["eval_mcc"] = e.metrics.mcc;
+  if (comm.rank() == 0) {
+    if (vm.count("json")) {
+      const std::string out = vm["json"].as<std::string>();
+      j["checkpoint"] = path;
+      j["task"] = task.name;
+      j["method"] = r.state.method;
+      j["world_size"] = comm.size();
+      std::ofstream f(out);
+      f << j.dump(2) << "\n";
+      if (!f) throw_usage_error("deltatune eval: --json: cannot write '" + out + "'");
+    }
+    if (vm.count("metrics")) {
+      std::ofstream f(vm["metrics"].as<std::string>(), std::ios::app);
+      nlohmann::json line = {{"step", r.state.step}, {"eval_accuracy", e.metrics.accuracy},
+                             {"eval_count", e.metrics.count}};
+      if (mcc) line["eval_mcc"] = e.metrics.mcc;
+      f << line.dump() << "\n";
+      if (!f) throw_usage_error("deltatune eval: --metrics: cannot write '" + vm["metrics"].as<std::string>() + "'");
+    }
+  }
+  return 0;
+}
+
+}  // namespace
 
 Subcommand eval_subcommand() {
   Subcommand sub;
   sub.name = "eval";
-  sub.summary = "(not implemented yet, issue 8)";
-  sub.add_options = [](po::options_description& desc) { add_common_options(desc); };
-  sub.run = [](const po::variables_map&) { return not_implemented("eval", "8"); };
+  sub.summary = "evaluate a checkpoint on its task's dev set (distributed under mpirun/srun)";
+  sub.add_options = [](po::options_description& desc) {
+    add_common_options(desc);
+    desc.add_options()
+        ("checkpoint", po::value<std::string>(), "checkpoint file, or train's --out directory (its latest checkpoint)")
+        ("model", po::value<std::string>(), "the backbone, when it moved (default: the checkpoint's --model); "
+         "its sha256 must equal the recorded one")
+        ("tokenizer", po::value<std::string>(), "tokenizer file (default: the checkpoint's)")
+        ("data", po::value<std::string>(), "GLUE data directory (default: the checkpoint's)")
+        ("task", po::value<std::string>(), "must be the checkpoint's task (default: it); another is refused")
+        ("eval.batch-size", po::value<int64_t>()->default_value(0),
+         "examples per rank per batch (0: the checkpoint's --train.eval-batch-size)")
+        ("eval.max", po::value<int64_t>()->default_value(-1),
+         "evaluate on the first N dev examples (0: all; -1: the checkpoint's --train.eval-max, as its training log)")
+        ("json", po::value<std::string>(), "write step, eval_accuracy, eval_count (eval_mcc for CoLA) as one JSON "
+         "object to PATH")
+        ("metrics", po::value<std::string>(), "append the same keys as one JSON Lines object (train's --metrics format)");
+  };
+  sub.positional = {"checkpoint"};
+  sub.run = run_eval;
   return sub;
 }
 
