@@ -17,6 +17,7 @@
 // Files are written atomically (temp + rename) and an existing file is replaced only with --force.
 // export is a single process: under a launcher with more than one rank it refuses to start.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
 #include <cmath>
