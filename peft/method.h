@@ -129,5 +129,6 @@ void register_prompt(Registry&);
 void register_ia3(Registry&);
 void register_compacter(Registry&);
 void register_mam(Registry&);
+void register_lst(Registry&);
 
 }  // namespace dt::peft

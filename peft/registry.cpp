@@ -24,6 +24,7 @@ Registry& Registry::global() {
     register_ia3(*r);
     register_compacter(*r);
     register_mam(*r);
+    register_lst(*r);
     return r;
   }();
   return *registry;
