@@ -32,6 +32,7 @@ methods = {
     "mam": ["--method", "mam", "--mam.prefix-length", "4", "--mam.prefix-hidden", "16", "--mam.bottleneck", "8"],
     "fish": ["--method", "fish", "--fish.samples", "64"],
     "dsee": ["--method", "dsee"],
+    "lst": ["--method", "lst", "--lst.r", "4"],
 }
 failures = []
 
