@@ -583,7 +583,7 @@ void register_lst(Registry& registry) {
                        "reduction factor: the side network has d_model, d_ff and d_kv divided by r")
                       ("lst.drop", po::value<std::string>()->default_value(""),
                        "comma-separated backbone layers without a side layer (t5-base paper: 0,4,8)")
-                      ("lst.gate-temperature", po::value<double>()->default_value(0.1),
+                      ("lst.gate-temperature", po::value<double>()->default_value(0.1, "0.1"),
                        "T of the ladder gates mu = sigmoid(alpha / T)")
                       ("lst.prune", po::value<std::string>()->default_value("magnitude"),
                        "side initialization: magnitude (pruned from the backbone by |W|) or random");
