@@ -126,6 +126,9 @@ std::vector<peft::Trainable> DseeMethod::attach(model::Backbone& backbone) {
   std::map<std::string, at::Tensor> by_name;
   for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
   support_ = Mask{};
+  attached_.clear();
+  *merged_ = false;
+  std::shared_ptr<const bool> merged = merged_;
   std::vector<peft::Trainable> out;
   for (const auto& t : dsee_targets(backbone.config(), options_)) {
     const at::Tensor& w = by_name.at(t.weight);
@@ -136,7 +139,9 @@ std::vector<peft::Trainable> DseeMethod::attach(model::Backbone& backbone) {
     out.push_back({m + ".dsee_B.weight", b, "dsee"});
     const int64_t card = card_of(t, options_);
     if (card == 0) {
-      backbone.hooks().set_weight(t.weight, [a, b, scale](const at::Tensor& w) {
+      attached_.push_back({t.weight, a, b, {}, {}});
+      backbone.hooks().set_weight(t.weight, [a, b, scale, merged](const at::Tensor& w) {
+        if (*merged) return w;
         return w + at::matmul(b, a).to(w.scalar_type()) * scale;
       });
       continue;
@@ -146,11 +151,38 @@ std::vector<peft::Trainable> DseeMethod::attach(model::Backbone& backbone) {
     support_.entries.push_back({t.weight, {t.out, t.in}, idx});
     at::Tensor s = at::zeros({card}, at::kFloat).requires_grad_(true);
     out.push_back({m + ".dsee_S.values", s, "dsee"});
-    backbone.hooks().set_weight(t.weight, [a, b, s, idx, scale](const at::Tensor& w) {
+    attached_.push_back({t.weight, a, b, s, idx});
+    backbone.hooks().set_weight(t.weight, [a, b, s, idx, scale, merged](const at::Tensor& w) {
+      if (*merged) return w;
       return add_scattered(w + at::matmul(b, a).to(w.scalar_type()) * scale, idx, s * scale);
     });
   }
   return out;
+}
+
+// W += sign · (B·A + S)·scale in W's dtype, the products formed in float32.
+void DseeMethod::add_delta(model::Backbone& backbone, double sign) const {
+  at::NoGradGuard no_grad;
+  const double scale = sign * options_.alpha / static_cast<double>(options_.rank);
+  std::map<std::string, at::Tensor> by_name;
+  for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+  for (const auto& t : attached_) {
+    at::Tensor w = by_name.at(t.weight);
+    w.add_((at::matmul(t.b.detach(), t.a.detach()) * scale).to(w.scalar_type()));
+    if (t.s.defined()) w.view({-1}).index_add_(0, t.idx.to(at::kLong), (t.s.detach() * scale).to(w.scalar_type()));
+  }
+}
+
+void DseeMethod::merge(model::Backbone& backbone) {
+  DT_CHECK(!*merged_, "dsee: merge() called twice without unmerge()");
+  add_delta(backbone, 1.0);
+  *merged_ = true;
+}
+
+void DseeMethod::unmerge(model::Backbone& backbone) {
+  DT_CHECK(*merged_, "dsee: unmerge() without a merge()");
+  add_delta(backbone, -1.0);
+  *merged_ = false;
 }
 
 std::string DseeMethod::describe() const {

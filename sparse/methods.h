@@ -171,10 +171,21 @@ class DseeMethod final : public peft::Method {
   SparseAccounting accounting(const model::ModelConfig& config) const;
   // The fixed indices of S per target weight, after attach() (checkpoints store them).
   const Mask& support() const { return support_; }
+  // merge: W += (B·A + S)·alpha/r in place (S scattered at its fixed indices); the hooks pass through meanwhile.
+  bool can_merge() const override { return true; }
+  void merge(model::Backbone& backbone) override;
+  void unmerge(model::Backbone& backbone) override;
 
  private:
+  struct Attached {
+    std::string weight;
+    at::Tensor a, b, s, idx;  // s, idx undefined when --dsee.sparse is 0
+  };
+  void add_delta(model::Backbone& backbone, double sign) const;
   DseeOptions options_;
   Mask support_;
+  std::vector<Attached> attached_;                                 // filled by attach()
+  std::shared_ptr<bool> merged_ = std::make_shared<bool>(false);  // read by the weight hooks
 };
 
 // The `card` flat indices (sorted) of the sparse part of W ≈ L + S, L of rank `rank`, after `iters`

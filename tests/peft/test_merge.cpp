@@ -39,7 +39,10 @@ std::vector<MergeCase> mergeable() {
           {"full", {}},
           {"fish", {"--fish.select", "magnitude", "--fish.keep", "0.05"}},
           {"lora+ia3", {"--lora.targets", "k,v,wo", "--lora.r", "2"}},
-          {"fish+lora", {"--fish.select", "random", "--fish.keep", "0.02"}}};
+          {"fish+lora", {"--fish.select", "random", "--fish.keep", "0.02"}},
+          {"dsee", {"--dsee.rank", "2", "--dsee.sparse", "16", "--dsee.targets", "q,k,v,o,wi,wo"}},
+          {"dsee", {"--dsee.sparse", "0"}},
+          {"dsee+ia3", {"--dsee.select", "magnitude", "--dsee.targets", "k,wo"}}};
 }
 
 peft::MethodSet make(const std::string& method, const std::vector<std::string>& args) {
