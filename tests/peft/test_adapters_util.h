@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <boost/program_options.hpp>
+#include <gtest/gtest.h>
 #include <map>
 #include <memory>
 #include <string>
@@ -25,6 +26,17 @@ inline peft::MethodSet method_set(const std::vector<std::string>& args) {
   po::store(po::command_line_parser(args).options(desc).run(), vm);
   po::notify(vm);
   return peft::MethodSet::from_options(vm);
+}
+
+// plan() and apply() agree: the same names and shapes in the same order, every tensor trainable.
+inline void expect_attach_matches_plan(const std::vector<model::TensorMeta>& planned,
+                                       const std::vector<peft::Trainable>& attached, const std::string& label) {
+  ASSERT_EQ(planned.size(), attached.size()) << label;
+  for (size_t i = 0; i < planned.size(); ++i) {
+    EXPECT_EQ(planned[i].name, attached[i].name) << label;
+    EXPECT_EQ(planned[i].shape, attached[i].tensor.sizes().vec()) << label << " " << planned[i].name;
+    EXPECT_TRUE(attached[i].tensor.requires_grad()) << label << " " << planned[i].name;
+  }
 }
 
 inline int64_t planned(const std::string& model, const std::vector<std::string>& args) {

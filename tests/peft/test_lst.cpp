@@ -125,12 +125,7 @@ TEST(Lst, AttachMatchesPlanAndClosedForm) {
     const auto set = lst_set(c.args);
     const auto planned = set.plan(backbone->config(), 2);
     const auto attached = set.apply(*backbone);
-    ASSERT_EQ(planned.size(), attached.size()) << label(c);
-    for (size_t i = 0; i < planned.size(); ++i) {
-      EXPECT_EQ(planned[i].name, attached[i].name) << label(c);
-      EXPECT_EQ(planned[i].shape, attached[i].tensor.sizes().vec()) << label(c) << " " << planned[i].name;
-      EXPECT_TRUE(attached[i].tensor.requires_grad()) << label(c) << " " << planned[i].name;
-    }
+    expect_attach_matches_plan(planned, attached, label(c));
     int64_t lst = 0;
     for (const auto& t : without_head(attached)) lst += t.tensor.numel();
     EXPECT_EQ(lst, closed_form(backbone->config(), options_of(c.args))) << label(c);

@@ -77,12 +77,7 @@ TEST(PeftMethods, AttachMatchesPlan) {
     const auto set = methods(c);
     const auto planned = set.plan(backbone->config(), 2);
     const auto attached = set.apply(*backbone);
-    ASSERT_EQ(planned.size(), attached.size()) << label(c);
-    for (size_t i = 0; i < planned.size(); ++i) {
-      EXPECT_EQ(planned[i].name, attached[i].name) << label(c);
-      EXPECT_EQ(planned[i].shape, attached[i].tensor.sizes().vec()) << label(c) << " " << planned[i].name;
-      EXPECT_TRUE(attached[i].tensor.requires_grad()) << label(c) << " " << planned[i].name;
-    }
+    expect_attach_matches_plan(planned, attached, label(c));
   }
 }
 
