@@ -1,0 +1,196 @@
+#!/usr/bin/python3
+"""bench/t5_big.py — one FISH 0.5% training step of T5-large and T5-3B on this machine.
+
+The backbone is a random-init T5 written once in bf16 safetensors (HF names, config in __metadata__)
+into bench/.cache/ (ignored), memory-mapped by the ranks of this node:
+  mpirun -np 2 --bind-to core rss_wrap.py deltatune train --model bench/.cache/t5-3b-bf16.safetensors
+         --tokenizer data/tokenizers/t5-spiece.model --method fish --fish.keep 0.005 --fish.select magnitude
+         --train.steps 1 --train.batch-size 1 --train.max-len 16 --train.eval-max 1 --out DIR --metrics F
+Reported: the step time (metrics step_time_s), wall time, peak RSS per rank, the checkpoint's size.
+
+Memory guard: a run starts only when MemAvailable holds ranks x the per-rank peak expected. The
+expectation scales the last measured T5-large peak per parameter (or, before one exists, 3 x the fp32
+size: the loader materializes float32 parameters, magnitude selection scores every weight in float32,
+plus activations); a model that does not fit is tried with 1 rank, and if that does not fit either it is
+reported as not run, with the arithmetic. --force-np overrides the guard's choice.
+"""
+import argparse
+import glob
+import json
+import os
+import struct
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common as C  # noqa: E402
+
+CONFIGS = {  # name: d_model, d_ff, d_kv, heads, layers (T5 v1.0, ReLU, tied embeddings, vocab 32128)
+    "t5-large": (1024, 4096, 64, 16, 24),
+    "t5-3b": (1024, 16384, 128, 32, 24),
+}
+VOCAB = 32128
+
+
+def describe(d, ff, dkv, H, L):
+    """HF T5ForConditionalGeneration names and shapes (model/config.cpp describe_t5's order)."""
+    inner = H * dkv
+    out = [("shared.weight", (VOCAB, d))]
+
+    def attn(p, bias):
+        out.extend([(p + ".q.weight", (inner, d)), (p + ".k.weight", (inner, d)), (p + ".v.weight", (inner, d)),
+                    (p + ".o.weight", (d, inner))])
+        if bias:
+            out.append((p + ".relative_attention_bias.weight", (32, H)))
+
+    def ffn(p):
+        out.extend([(p + ".DenseReluDense.wi.weight", (ff, d)), (p + ".DenseReluDense.wo.weight", (d, ff)),
+                    (p + ".layer_norm.weight", (d,))])
+    for i in range(L):
+        b = f"encoder.block.{i}"
+        attn(b + ".layer.0.SelfAttention", i == 0)
+        out.append((b + ".layer.0.layer_norm.weight", (d,)))
+        ffn(b + ".layer.1")
+    out.append(("encoder.final_layer_norm.weight", (d,)))
+    for i in range(L):
+        b = f"decoder.block.{i}"
+        attn(b + ".layer.0.SelfAttention", i == 0)
+        out.append((b + ".layer.0.layer_norm.weight", (d,)))
+        attn(b + ".layer.1.EncDecAttention", False)
+        out.append((b + ".layer.1.layer_norm.weight", (d,)))
+        ffn(b + ".layer.2")
+    out.append(("decoder.final_layer_norm.weight", (d,)))
+    return out
+
+
+def write_bf16(name, path):
+    """Random init as HF's T5PreTrainedModel._init_weights (factor 1), streamed tensor by tensor."""
+    import torch
+    d, ff, dkv, H, L = CONFIGS[name]
+    tensors = describe(d, ff, dkv, H, L)
+    header, off = {}, 0
+    for n, shape in tensors:
+        size = 2
+        for s in shape:
+            size *= s
+        header[n] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [off, off + size]}
+        off += size
+    header["__metadata__"] = {"architecture": "t5", "vocab_size": str(VOCAB), "d_model": str(d), "d_ff": str(ff),
+                              "d_kv": str(dkv), "num_heads": str(H), "num_layers": str(L),
+                              "num_decoder_layers": str(L), "relative_attention_num_buckets": "32",
+                              "relative_attention_max_distance": "128", "layer_norm_epsilon": "1e-06",
+                              "feed_forward_proj": "relu", "tie_word_embeddings": "true", "torch_dtype": "bfloat16"}
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((8 - (8 + len(text)) % 8) % 8)
+    g = torch.Generator().manual_seed(0)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for n, shape in tensors:
+            if n.endswith("layer_norm.weight"):
+                t = torch.ones(shape)
+            else:
+                std = 1.0 if n == "shared.weight" else (
+                    (d * dkv) ** -0.5 if n.endswith(".q.weight") else (H * dkv) ** -0.5 if n.endswith(".o.weight")
+                    else ff ** -0.5 if n.endswith(".wo.weight") else d ** -0.5)
+                t = torch.empty(shape).normal_(0.0, std, generator=g)
+            f.write(t.to(torch.bfloat16).view(torch.int16).numpy().tobytes())
+    os.replace(tmp, path)
+    return sum(int(torch.tensor(s).prod()) for _, s in tensors)
+
+
+def params_of(name):
+    d, ff, dkv, H, L = CONFIGS[name]
+    total = 0
+    for _, shape in describe(d, ff, dkv, H, L):
+        n = 1
+        for s in shape:
+            n *= s
+        total += n
+    return total
+
+
+def run(log, name, np_, path):
+    out_dir = os.path.join(C.CACHE, f"ckpt_{name}")
+    rss = os.path.join(C.CACHE, f"big_rss_{name}")
+    metrics = os.path.join(C.CACHE, f"big_{name}.jsonl")
+    for p in glob.glob(os.path.join(out_dir, "*")):
+        os.remove(p) if os.path.isfile(p) else None
+    C.clean(rss)
+    if os.path.exists(metrics):
+        os.remove(metrics)
+    t0 = time.time()
+    rc, out = log.run(C.mpirun(np_) + C.rss_wrap(C.rel(rss)) + [
+        C.BIN, "train", "--model", C.rel(path), "--tokenizer", C.T5_TOK, "--task", "sst2", "--method", "fish",
+        "--fish.keep", "0.005", "--fish.select", "magnitude", "--train.steps", "1", "--train.batch-size", "1",
+        "--train.max-len", "16", "--train.eval-every", "0", "--train.eval-max", "1", "--out", C.rel(out_dir),
+        "--metrics", C.rel(metrics)], check=False, timeout=1800)
+    wall = time.time() - t0
+    if rc != 0:
+        return dict(failed=(out.strip().splitlines() or [f"rc {rc}"])[-1], ranks=np_, wall_s=wall)
+    st = C.steps_of(C.read_jsonl(metrics))
+    ckpts = sorted(glob.glob(os.path.join(out_dir, "*.h5")))
+    return dict(ranks=np_, step_s=st[0]["step_time_s"], wall_s=wall, peak_rss=C.read_rss(rss, np_),
+                bytes_per_step=st[0]["bytes_allreduced"], checkpoint=C.rel(ckpts[-1]) if ckpts else None,
+                checkpoint_bytes=os.path.getsize(ckpts[-1]) if ckpts else None, params=params_of(name))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="T5-large only; T5-3B's entry is kept from the last run")
+    ap.add_argument("--force-np", type=int)
+    a = ap.parse_args()
+    log = C.Log("t5_big")
+    res_path = os.path.join(C.RESULTS, "t5_big.json")
+    old = json.load(open(res_path)) if os.path.exists(res_path) else {}
+    res = dict(old.get("models", {}))
+    per_param = None  # measured peak bytes per parameter (T5-large), for the guard
+    for name in (["t5-large"] if a.quick else ["t5-large", "t5-3b"]):
+        P = params_of(name)
+        guess = (per_param or 12.0) * P + 0.5 * 2**30
+        avail = C.mem_available()
+        np_ = a.force_np or (2 if 2 * guess < avail else 1 if guess < avail else 0)
+        if np_ == 0:
+            res[name] = dict(not_run=f"expected peak ~{guess / 2**30:.1f} GiB per rank (the loader's float32 copy "
+                             f"of {P:,} parameters + magnitude scores + activations); MemAvailable "
+                             f"{avail / 2**30:.1f} GiB of {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+                             params=P, measured_at=time.strftime("%Y-%m-%d %H:%M"))
+            continue
+        path = os.path.join(C.CACHE, f"{name}-bf16.safetensors")
+        if not os.path.exists(path):
+            t0 = time.time()
+            write_bf16(name, path)
+            log.lines.append(f"# wrote {C.rel(path)} ({os.path.getsize(path):,} bytes) in {time.time() - t0:.0f} s "
+                             f"with bench/t5_big.py:write_bf16")
+        r = run(log, name, np_, path)
+        r.update(expected_peak_per_rank=guess, mem_available=avail, file_bytes=os.path.getsize(path),
+                 measured_at=time.strftime("%Y-%m-%d %H:%M"), note=C.machine_note())
+        if np_ < 2 and "failed" not in r:
+            r["why_fewer_ranks"] = f"2 ranks x ~{guess / 2**30:.1f} GiB do not fit MemAvailable {avail / 2**30:.1f} GiB"
+        res[name] = r
+        if "peak_rss" in r:
+            per_param = max(r["peak_rss"]) / P
+    C.write_json("t5_big.json", dict(models=res))
+    rows = []
+    for name, r in res.items():
+        if "peak_rss" in r:
+            rows.append([name, f"{r['params']:,}", r["ranks"], f"{r['step_s']:.1f}", f"{r['wall_s']:.0f}",
+                         " / ".join(f"{x / 2**30:.2f}" for x in r["peak_rss"]), f"{r['bytes_per_step']:,}",
+                         f"{r['checkpoint_bytes'] / 1e6:.1f} MB" if r.get("checkpoint_bytes") else "–",
+                         r.get("measured_at", "")])
+        else:
+            rows.append([name, f"{r.get('params', 0):,}", "–", "–", "–", "–", "–", "–",
+                         "not run: " + (r.get("not_run") or r.get("failed", ""))])
+    with open(os.path.join(C.RESULTS, "t5_big.md"), "w") as f:
+        f.write("### One FISH 0.5% step (magnitude selection), random-init bf16 backbone, batch 1, 16 tokens\n\n")
+        f.write(C.md_table(["model", "params", "ranks", "step s", "wall s (start-up incl.)", "peak RSS GiB per rank",
+                            "bytes/step", "checkpoint", "measured"], rows))
+        f.write("\nThe bf16 file is memory-mapped by every rank; the loader converts it to the backbone's float32 "
+                "(a private copy per rank), and magnitude selection scores every weight in float32 — the reasons "
+                "for the per-rank peak. " + C.GPU_NOTE + "\n")
+    log.save()
+
+
+if __name__ == "__main__":
+    main()
