@@ -125,7 +125,7 @@ TEST(Lst, AttachMatchesPlanAndClosedForm) {
     const auto set = lst_set(c.args);
     const auto planned = set.plan(backbone->config(), 2);
     const auto attached = set.apply(*backbone);
-    expect_attach_matches_plan(planned, attached, label(c));
+    dt::testing::adapters::expect_attach_matches_plan(planned, attached, label(c));
     int64_t lst = 0;
     for (const auto& t : without_head(attached)) lst += t.tensor.numel();
     EXPECT_EQ(lst, closed_form(backbone->config(), options_of(c.args))) << label(c);

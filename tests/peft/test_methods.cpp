@@ -77,7 +77,7 @@ TEST(PeftMethods, AttachMatchesPlan) {
     const auto set = methods(c);
     const auto planned = set.plan(backbone->config(), 2);
     const auto attached = set.apply(*backbone);
-    expect_attach_matches_plan(planned, attached, label(c));
+    dt::testing::adapters::expect_attach_matches_plan(planned, attached, label(c));
   }
 }
 
