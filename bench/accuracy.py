@@ -37,7 +37,7 @@ def main():
             res[m] = dict(missing=msg)
             continue
         cfg = config_of(m)
-        pl, _ = C.plan(C.STORIES, m, ["--config", cfg])
+        pl, _ = C.plan(C.STORIES, m, C.method_options(cfg))
         accs, bps = [], None
         for seed in seeds:
             metrics = os.path.join(C.CACHE, f"acc_{m}_{seed}.jsonl")

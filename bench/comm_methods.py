@@ -71,7 +71,7 @@ def measure(log, methods, steps, mask):
             rows.append(dict(method=m, missing=msg))
             continue
         cfg = f"configs/{m}.ini" if os.path.exists(os.path.join(C.ROOT, f"configs/{m}.ini")) else "configs/main.ini"
-        pl, err = C.plan(C.STORIES, m, ["--config", cfg])
+        pl, err = C.plan(C.STORIES, m, C.method_options(cfg))
         prof = os.path.join(C.CACHE, f"mon_{m}")
         metrics = os.path.join(C.CACHE, f"comm_{m}.jsonl")
         C.clean(prof)
@@ -115,7 +115,13 @@ def main():
     ap.add_argument("--alpha-us", type=float, help="override both presets' latency (microseconds)")
     ap.add_argument("--beta-gbps", type=float, help="override both presets' bandwidth (GB/s)")
     ap.add_argument("--tree-factor", type=float)
+    ap.add_argument("--replot", action="store_true", help="only redraw the PNG from comm_methods.json")
     a = ap.parse_args()
+    if a.replot:
+        import json
+        d = json.load(open(os.path.join(C.RESULTS, "comm_methods.json")))
+        plot(d["measured"], d["plans"], d["projection"]["seconds"], d["projection"]["gpus"])
+        return
     presets = {k: dict(v) for k, v in PRESETS.items()}
     for v in presets.values():
         if a.alpha_us is not None:
@@ -213,7 +219,8 @@ def plot(measured, big, proj, gpus):
             mo, m, pre = key.split("/")
             if mo != model:
                 continue
-            a.plot(gpus, [1000 * s for s in secs], marker="o", ls="-" if pre == "ib" else "--", label=f"{m} ({pre})")
+            a.plot(gpus, [1000 * s for s in secs], marker="o", ls="-" if pre == "ib" else "--",
+                   color=f"C{PROJECTED.index(m)}", label=f"{m} ({pre})")
         a.set_xscale("log", base=2)
         a.set_yscale("log")
         a.set_xlabel("GPUs")

@@ -188,3 +188,18 @@ def fish_mask(log, samples, keep=0.005):
         log.run(mpirun(2) + [BIN, "mask", "--model", STORIES, "--tokenizer", TOK, "--task", "sst2",
                              "--fish.keep", str(keep), "--fish.samples", str(samples), "--out", rel(path)])
     return rel(path)
+
+
+def method_options(config):
+    """A config file's method sections as plan options (plan takes no [train]/[dist] options)."""
+    import configparser
+    cp = configparser.ConfigParser()
+    with open(os.path.join(ROOT, config)) as f:
+        cp.read_string("[top]\n" + f.read())
+    out = []
+    for sec in cp.sections():
+        if sec in ("top", "train", "dist", "ckpt"):
+            continue
+        for k, v in cp.items(sec):
+            out += [f"--{sec}.{k}", v]
+    return out

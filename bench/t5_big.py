@@ -140,13 +140,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="T5-large only; T5-3B's entry is kept from the last run")
     ap.add_argument("--force-np", type=int)
+    ap.add_argument("--models", default="", help="comma-separated subset (default: t5-large, and t5-3b unless --quick)")
     a = ap.parse_args()
     log = C.Log("t5_big")
     res_path = os.path.join(C.RESULTS, "t5_big.json")
     old = json.load(open(res_path)) if os.path.exists(res_path) else {}
     res = dict(old.get("models", {}))
     per_param = None  # measured peak bytes per parameter (T5-large), for the guard
-    for name in (["t5-large"] if a.quick else ["t5-large", "t5-3b"]):
+    tl = res.get("t5-large", {})
+    if "peak_rss" in tl:
+        per_param = max(tl["peak_rss"]) / tl["params"]
+    names = a.models.split(",") if a.models else (["t5-large"] if a.quick else ["t5-large", "t5-3b"])
+    for name in names:
         P = params_of(name)
         guess = (per_param or 12.0) * P + 0.5 * 2**30
         avail = C.mem_available()

@@ -4,12 +4,15 @@
 #   scripts/setup.sh main    install + build, then run the main job (2 ranks, bundled real data)
 #   scripts/setup.sh test    install + build, then run every test (ctest; multi-rank ones under mpirun)
 #   scripts/setup.sh build   install + build only
+#   scripts/setup.sh bench   install + build, then regenerate the benchmarks (bench/run-all; extra arguments,
+#                            e.g. --quick, are passed on)
 #
 # Idempotent and non-interactive: packages already present are not reinstalled, the build is incremental
 # (ccache keeps a from-scratch rebuild fast). Needs root or sudo for apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-build}
+shift || true
 
 # ---- packages -----------------------------------------------------------------------------------
 # libopenblas0-openmp: Debian's libtorch otherwise falls back to the reference BLAS (~10x slower
@@ -23,6 +26,7 @@ packages=(
   libgtest-dev
   libsentencepiece-dev nlohmann-json3-dev libfmt-dev
   python3-torch python3-numpy
+  python3-matplotlib
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -54,7 +58,9 @@ case "$what" in
   test)
     cd build
     exec ctest --output-on-failure -j "$jobs" ;;
+  bench)
+    exec bench/run-all "$@" ;;
   *)
-    echo "usage: scripts/setup.sh [main|test|build]" >&2
+    echo "usage: scripts/setup.sh [main|test|build|bench [--quick]]" >&2
     exit 2 ;;
 esac
