@@ -2,6 +2,7 @@
 #include "dist/glue.h"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <exception>
@@ -270,6 +271,8 @@ EncodedExample encode(const Example& example, const model::Tokenizer& tokenizer,
   out.ids.insert(out.ids.end(), a.begin(), a.end());
   if (pair) {
     out.ids.insert(out.ids.end(), middle.begin(), middle.end());
+    // BERT's segment B starts after the [SEP] that closes A (HF: token_type_ids 1 for B and its [SEP]).
+    if (style == "bert") out.segment_b = static_cast<int64_t>(out.ids.size());
     out.ids.insert(out.ids.end(), b.begin(), b.end());
   }
   out.ids.insert(out.ids.end(), tail.begin(), tail.end());
@@ -294,6 +297,7 @@ void encode_range(const std::vector<Example>& examples, size_t begin, size_t end
     out.ids.insert(out.ids.end(), e.ids.begin(), e.ids.end());
     out.offsets.push_back(static_cast<int64_t>(out.ids.size()));
     out.labels.push_back(e.label);
+    out.segment_b.push_back(e.segment_b);
   }
 }
 
@@ -331,6 +335,7 @@ EncodedDataset encode_all(const std::vector<Example>& examples, const model::Tok
     for (size_t i = 1; i < parts[t].offsets.size(); ++i)
       data.offsets.push_back(parts[t].offsets[i] + shift);
     data.labels.insert(data.labels.end(), parts[t].labels.begin(), parts[t].labels.end());
+    data.segment_b.insert(data.segment_b.end(), parts[t].segment_b.begin(), parts[t].segment_b.end());
   }
   return data;
 }
@@ -358,6 +363,16 @@ model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& ind
     std::fill(mask + r * longest, mask + r * longest + n, int64_t{1});
     std::fill(mask + r * longest + n, mask + (r + 1) * longest, int64_t{0});
     labels[r] = data.labels[i];
+  }
+  bool pairs = false;
+  for (int64_t i : indices) pairs |= i < static_cast<int64_t>(data.segment_b.size()) && data.segment_b[i] > 0;
+  if (pairs) {
+    batch.token_type_ids = at::zeros({B, longest}, at::kLong);
+    int64_t* types = batch.token_type_ids.data_ptr<int64_t>();
+    for (int64_t r = 0; r < B; ++r) {
+      const int64_t i = indices[r], begin = data.segment_b[i];
+      if (begin > 0) std::fill(types + r * longest + begin, types + r * longest + data.length(i), int64_t{1});
+    }
   }
   return batch;
 }

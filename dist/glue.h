@@ -67,6 +67,8 @@ struct EncodeOptions {
 struct EncodedExample {
   std::vector<int64_t> ids;
   int64_t label = 0;
+  // BERT-style pairs: where segment B (token type 1: text_b and its [SEP]) begins; 0 for one segment.
+  int64_t segment_b = 0;
 };
 
 // One example. Throws dt::UsageError for an unknown style, a tokenizer lacking the special token a
@@ -83,6 +85,7 @@ struct EncodedDataset {
   std::vector<int64_t> ids;
   std::vector<int64_t> offsets{0};
   std::vector<int64_t> labels;
+  std::vector<int64_t> segment_b;  // per example (EncodedExample::segment_b)
   int64_t pad_id = 0;
 
   int64_t size() const { return static_cast<int64_t>(labels.size()); }

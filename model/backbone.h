@@ -25,6 +25,7 @@ struct Batch {
   at::Tensor attention_mask;     // [B, T] int64 (1 = token, 0 = padding)
   at::Tensor labels;             // [B] int64 class ids (classification) or [B, T] token ids (LM)
   at::Tensor decoder_input_ids;  // [B, T'] (T5 seq2seq)
+  at::Tensor token_type_ids;     // [B, T] BERT segment ids of sentence pairs (undefined: all 0)
 };
 
 struct ForwardResult {

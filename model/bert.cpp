@@ -121,9 +121,18 @@ ForwardResult BertBackbone::forward(const Batch& batch, const ForwardOptions& op
   at::Tensor mask = batch.attention_mask.defined() ? batch.attention_mask : torch::ones_like(ids);
   if (T > mask.size(1)) mask = torch::cat({torch::ones({B, T - mask.size(1)}, mask.options()), mask}, 1);
   const at::Tensor mask_add = ((1 - mask.to(torch::kFloat)) * kMaskValue).view({B, 1, 1, T});
-  // Token types are all 0 (single-segment inputs; pairs are joined by [SEP] upstream).
-  h = h + m.W("embeddings.position_embeddings.weight").slice(0, 0, T).unsqueeze(0) +
-      m.W("embeddings.token_type_embeddings.weight")[0];
+  // Token types: segment B of a sentence pair is type 1 (batch.token_type_ids); soft prompt tokens,
+  // prepended by an input hook, and single sentences are type 0.
+  const at::Tensor& type_table = m.W("embeddings.token_type_embeddings.weight");
+  at::Tensor types_emb = type_table[0];
+  if (batch.token_type_ids.defined()) {
+    DT_CHECK(batch.token_type_ids.sizes() == ids.sizes(), "BERT: token_type_ids " + c10::str(batch.token_type_ids.sizes()) +
+                                                              " do not match input_ids " + c10::str(ids.sizes()));
+    at::Tensor types = batch.token_type_ids.to(torch::kLong);
+    if (T > types.size(1)) types = torch::cat({torch::zeros({B, T - types.size(1)}, types.options()), types}, 1);
+    types_emb = torch::embedding(type_table, types);
+  }
+  h = h + m.W("embeddings.position_embeddings.weight").slice(0, 0, T).unsqueeze(0) + types_emb;
   h = m.dropout(m.layer_norm("embeddings.LayerNorm", h));
 
   // ---- post-LN encoder layers

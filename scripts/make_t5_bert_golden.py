@@ -283,30 +283,40 @@ def make_bert(name, c, seed):
 
     lin = lambda x, p: x @ w[p + ".weight"].T + w[p + ".bias"]
     eps = c["eps"]
-    h = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:T][None]
-         + w["embeddings.token_type_embeddings.weight"][torch.zeros_like(ids)])
-    h = layer_norm(h, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
-    hidden = []
-    for i in range(c["layers"]):
-        p = "encoder.layer.%d" % i
-        split = lambda t: t.reshape(B, T, H, D).permute(0, 2, 1, 3)
-        q = split(lin(h, p + ".attention.self.query"))
-        k = split(lin(h, p + ".attention.self.key"))
-        v = split(lin(h, p + ".attention.self.value"))
-        s = q @ k.transpose(-1, -2) / math.sqrt(D)
-        s = s.masked_fill((mask == 0)[:, None, None, :], float("-inf"))
-        ctx = (torch.softmax(s, -1) @ v).permute(0, 2, 1, 3).reshape(B, T, d)
-        a = lin(ctx, p + ".attention.output.dense")
-        h = layer_norm(h + a, w[p + ".attention.output.LayerNorm.weight"],
-                       w[p + ".attention.output.LayerNorm.bias"], eps)
-        f = lin(h, p + ".intermediate.dense")
-        f = 0.5 * f * (1.0 + torch.erf(f / math.sqrt(2.0)))
-        f = lin(f, p + ".output.dense")
-        h = layer_norm(h + f, w[p + ".output.LayerNorm.weight"], w[p + ".output.LayerNorm.bias"], eps)
-        hidden.append(h)
-    pooled = torch.tanh(lin(h[:, 0], "pooler.dense"))
-    logits = lin(pooled, "classifier")
-    loss = -torch.log_softmax(logits, -1).gather(1, labels[:, None]).mean()
+
+    def forward(types):
+        h = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:T][None]
+             + w["embeddings.token_type_embeddings.weight"][types])
+        h = layer_norm(h, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+        hidden = []
+        for i in range(c["layers"]):
+            p = "encoder.layer.%d" % i
+            split = lambda t: t.reshape(B, T, H, D).permute(0, 2, 1, 3)
+            q = split(lin(h, p + ".attention.self.query"))
+            k = split(lin(h, p + ".attention.self.key"))
+            v = split(lin(h, p + ".attention.self.value"))
+            s = q @ k.transpose(-1, -2) / math.sqrt(D)
+            s = s.masked_fill((mask == 0)[:, None, None, :], float("-inf"))
+            ctx = (torch.softmax(s, -1) @ v).permute(0, 2, 1, 3).reshape(B, T, d)
+            a = lin(ctx, p + ".attention.output.dense")
+            h = layer_norm(h + a, w[p + ".attention.output.LayerNorm.weight"],
+                           w[p + ".attention.output.LayerNorm.bias"], eps)
+            f = lin(h, p + ".intermediate.dense")
+            f = 0.5 * f * (1.0 + torch.erf(f / math.sqrt(2.0)))
+            f = lin(f, p + ".output.dense")
+            h = layer_norm(h + f, w[p + ".output.LayerNorm.weight"], w[p + ".output.LayerNorm.bias"], eps)
+            hidden.append(h)
+        pooled = torch.tanh(lin(h[:, 0], "pooler.dense"))
+        logits = lin(pooled, "classifier")
+        loss = -torch.log_softmax(logits, -1).gather(1, labels[:, None]).mean()
+        return hidden, pooled, logits, loss
+
+    hidden, pooled, logits, loss = forward(torch.zeros_like(ids))
+    # A sentence pair (RTE with BERT): segment B (type 1) from position 4 to each row's end.
+    types = torch.zeros_like(ids)
+    types[:, 4:] = 1
+    types[mask == 0] = 0
+    _, _, pair_logits, pair_loss = forward(types)
 
     f32 = lambda t: t.to(torch.float32)
     out_dir = os.path.join(ROOT, "tests", "fixtures", "bert")
@@ -316,7 +326,8 @@ def make_bert(name, c, seed):
                  "type_vocab_size": c["types"], "hidden_act": "gelu", "layer_norm_eps": c["eps"]}
     write_safetensors(os.path.join(out_dir, name + ".safetensors"), {k: f32(v) for k, v in w.items()}, hf_config)
     golden = {"input_ids": ids, "attention_mask": mask, "labels": labels, "pooled": f32(pooled),
-              "logits": f32(logits), "loss": f32(loss.reshape([]))}
+              "logits": f32(logits), "loss": f32(loss.reshape([])), "token_type_ids": types,
+              "pair.logits": f32(pair_logits), "pair.loss": f32(pair_loss.reshape([]))}
     for i, t in enumerate(hidden):
         golden["encoder.hidden.%d" % i] = f32(t)
     write_safetensors(os.path.join(out_dir, name + ".golden.safetensors"), golden)

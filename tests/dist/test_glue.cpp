@@ -233,6 +233,26 @@ TEST(GlueEncode, BertLayoutAndLongestFirstTruncation) {
   EXPECT_EQ(encode({"abcdefgh", "", 0}, tok, o).ids, cat({{101}, bytes("abc"), {2}}));
 }
 
+// BERT pairs carry token types: [CLS] A [SEP] are type 0, B [SEP] type 1 (HF's token_type_ids);
+// collate pads them with 0 and leaves them undefined for single sentences and other styles.
+TEST(GlueEncode, BertPairsCarryTokenTypes) {
+  ByteTokenizer tok(/*bos as [CLS]=*/101);
+  EncodeOptions o;
+  o.style = "bert";
+  EXPECT_EQ(encode({"abc", "xy", 0}, tok, o).segment_b, 5);  // [CLS] a b c [SEP] | x y [SEP]
+  EXPECT_EQ(encode({"abc", "", 0}, tok, o).segment_b, 0);
+  const EncodedDataset data = encode_all({{"abc", "xy", 0}, {"a", "b", 1}}, tok, o);
+  const model::Batch b = collate(data, {0, 1});
+  ASSERT_TRUE(b.token_type_ids.defined());
+  const auto want = at::tensor(std::vector<int64_t>{0, 0, 0, 0, 0, 1, 1, 1,  // 8 tokens
+                                                    0, 0, 0, 1, 1, 0, 0, 0},  // 5 tokens + padding
+                               at::kLong).view({2, 8});
+  EXPECT_TRUE(at::equal(b.token_type_ids, want)) << b.token_type_ids;
+  EXPECT_FALSE(collate(encode_all({{"abc", "", 0}}, tok, o), {0}).token_type_ids.defined());
+  EncodeOptions decoder;  // decoder pairs are joined by EOS and have no token types
+  EXPECT_EQ(encode({"abc", "xy", 0}, tok, decoder).segment_b, 0);
+}
+
 TEST(GlueEncode, T5Layout) {
   ByteTokenizer tok(-1);  // T5 has no BOS
   EncodeOptions o;

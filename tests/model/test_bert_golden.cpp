@@ -65,6 +65,21 @@ TEST(BertGolden, PooledOutputWithoutHead) {
   EXPECT_LT(err, kTol);
 }
 
+// Sentence pairs: token_type_ids select the type embedding (segment B = 1), as HF's BertEmbeddings.
+TEST(BertGolden, SentencePairTokenTypesMatchReference) {
+  BertBackbone bert(named_config("tiny-bert"), 3);
+  EXPECT_TRUE(load_by_name(bert, SafetensorsFile::open(fixture("bert/tiny-bert.safetensors"))).empty());
+  const auto golden = SafetensorsFile::open(fixture("bert/tiny-bert.golden.safetensors"));
+  Batch b = golden_batch(golden);
+  b.token_type_ids = golden.tensor("token_type_ids");
+  ASSERT_GT(b.token_type_ids.sum().item<int64_t>(), 0);
+  const ForwardResult r = bert.forward(b);
+  EXPECT_LT(max_abs_err(r.logits, golden.tensor("pair.logits")), kTol);
+  EXPECT_LT(max_abs_err(r.loss, golden.tensor("pair.loss")), kTol);
+  // And they matter: the single-segment logits differ.
+  EXPECT_GT(max_abs_err(r.logits, golden.tensor("logits")), 1e-3);
+}
+
 // The fixture as a checkpoint (config from __metadata__, classifier.* included) via model::load_backbone.
 TEST(BertGolden, LoadBackboneReadsTheFixture) {
   const auto backbone = load_backbone(fixture("bert/tiny-bert.safetensors"), 3);
