@@ -182,21 +182,23 @@ class MpiWork final : public Work {
   std::vector<int> counts, displs;  // all_gather_v's arrays: MPI reads them until completion
   std::function<void()> finish;     // post-processing, run once on completion
 
-  bool is_completed() override { return poll(/*block=*/false); }
+  bool is_completed() override { return poll(); }
 
   bool wait(std::chrono::milliseconds timeout) override {
-    // Waiting forever with MPI_THREAD_MULTIPLE: MPI_Wait knows best how to progress.
-    const bool block = timeout.count() <= 0 && !state().funnel;
+    // Never MPI_Wait: Open MPI's MPI_Wait spins on the core without yielding unless mpirun sees the
+    // node oversubscribed, so a rank waiting for a slower peer starves whatever shares its core (the
+    // peer itself, on a loaded node: measured 104-108 ms per LoRA step vs 81-89 ms with polling,
+    // bench/results/step_time_investigation.md). Poll with MPI_Test (which also progresses the
+    // non-blocking collective), yielding; back off to short sleeps once the wait is clearly long.
     const auto deadline = std::chrono::steady_clock::now() + timeout;
-    auto pause = std::chrono::microseconds(20);
-    for (int spins = 0; !poll(block); ++spins) {
+    auto pause = std::chrono::microseconds(10);
+    for (int spins = 0; !poll(); ++spins) {
       if (timeout.count() > 0 && std::chrono::steady_clock::now() >= deadline) return false;
-      // Spin briefly for latency, then back off so that waiting ranks leave the cores to others.
-      if (spins < 200) {
+      if (spins < 2000) {
         std::this_thread::yield();
       } else {
         std::this_thread::sleep_for(pause);
-        pause = std::min(pause * 2, std::chrono::microseconds(1000));
+        pause = std::min(pause * 2, std::chrono::microseconds(200));
       }
     }
     if (auto e = exception()) std::rethrow_exception(e);
@@ -209,17 +211,16 @@ class MpiWork final : public Work {
   }
 
  private:
-  bool poll(bool block) {
+  bool poll() {
     std::lock_guard<std::mutex> lock(mu_);
     if (done_) return true;
     try {
       int flag = 0;
       auto step = [&] {
         MPI_Status status;
-        const int rc = block ? MPI_Wait(&request, &status) : MPI_Test(&request, &flag, &status);
-        if (block) flag = 1;
+        const int rc = MPI_Test(&request, &flag, &status);
         if (rc != MPI_SUCCESS) {
-          const std::string call = std::string(block ? "MPI_Wait" : "MPI_Test") + " of " + call_;
+          const std::string call = std::string("MPI_Test of ") + call_;
           check_mpi(rc, call.c_str(), __FILE__, __LINE__);
         }
       };
