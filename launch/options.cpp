@@ -97,8 +97,24 @@ po::variables_map parse_options(const Subcommand& sub, const po::options_descrip
       std::ifstream file(path);
       if (!file) usage(sub, "cannot read config file '" + path + "'");
       try {
+        // A config file is usually a training run's (configs/*.ini): `plan`, `mask`, ... read the
+        // keys they know and skip those only `train` knows; a key nobody knows is still an error.
+        po::parsed_options parsed = po::parse_config_file(file, desc, /*allow_unregistered=*/true);
+        if (sub.name != "train") {
+          po::options_description train_desc;
+          train_subcommand().add_options(train_desc);
+          for (const auto& o : parsed.options) {
+            if (o.unregistered && !train_desc.find_nothrow(o.string_key, /*approx=*/false)) {
+              usage(sub, "config file '" + path + "': unrecognised option '" + o.string_key + "'");
+            }
+          }
+        } else {
+          for (const auto& o : parsed.options) {
+            if (o.unregistered) usage(sub, "config file '" + path + "': unrecognised option '" + o.string_key + "'");
+          }
+        }
         // Values already stored from the command line win: po::store keeps the first value it sees.
-        po::store(po::parse_config_file(file, desc, /*allow_unregistered=*/false), vm);
+        po::store(parsed, vm);
       } catch (const po::error& e) {
         usage(sub, "config file '" + path + "': " + e.what());
       }

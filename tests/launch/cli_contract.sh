@@ -30,6 +30,16 @@ for ini in "$src"/configs/*.ini; do
 done
 check 2 "a bad value in a config file" -- "$bin" train --config /dev/stdin --print-config <<<"[train]
 lr = fast"
+# A training run's config serves plan too (keys only train knows are skipped); unknown keys still fail.
+# (configs name their data relative to the source tree)
+check 0 "plan reads the main job's config" -- bash -c "cd '$src' && '$bin' plan --config configs/main.ini --json"
+plan_json=$(cd "$src" && "$bin" plan --config configs/main.ini --json 2>/dev/null)
+echo "$plan_json" | grep -q '"trainable_params":1428' || { echo "FAIL: plan --config main.ini: $plan_json"; fail=1; }
+check 2 "an unknown key in a config file" -- "$bin" plan --config /dev/stdin <<<"[train]
+no-such-key = 1"
+echo "$LAST_ERR" | grep -q "no-such-key" || { echo "FAIL: the unknown config key is not named: $LAST_ERR"; fail=1; }
+check 2 "an unknown key in a train config file" -- "$bin" train --config /dev/stdin --print-config <<<"[train]
+no-such-key = 1"
 check 2 "unknown subcommand" -- "$bin" frobnicate
 check 2 "no subcommand" -- "$bin"
 exit $fail
