@@ -8,11 +8,15 @@ into bench/.cache/ (ignored), memory-mapped by the ranks of this node:
          --train.steps 1 --train.batch-size 1 --train.max-len 16 --train.eval-max 1 --out DIR --metrics F
 Reported: the step time (metrics step_time_s), wall time, peak RSS per rank, the checkpoint's size.
 
-Memory guard: a run starts only when MemAvailable holds ranks x the per-rank peak expected. The
-expectation scales the last measured T5-large peak per parameter (or, before one exists, 3 x the fp32
-size: the loader materializes float32 parameters, magnitude selection scores every weight in float32,
-plus activations); a model that does not fit is tried with 1 rank, and if that does not fit either it is
-reported as not run, with the arithmetic. --force-np overrides the guard's choice.
+Memory guard. The loader keeps the file's bf16 tensors as the frozen weights themselves (the mapped
+pages: one copy in the page cache, shared by the node's ranks; counted in each rank's RSS), and FISH's
+magnitude selection scores one tensor at a time. What each rank holds privately is dominated by the
+autograd copies W + scatter(values) of the masked weights (bf16, ~2 bytes per parameter) plus
+activations and start-up. The node needs  file + ranks x (a x params + 0.5 GiB),  with `a` (private bytes
+per parameter) from the last T5-large run under this memory model (2.2 before one exists), and the run
+starts only when that leaves 1.5 GiB of MemAvailable; a model that does not fit is tried with 1 rank, and
+if that does not fit either it is reported as not run, with the arithmetic. The expected peak RSS per
+rank (what rss_wrap reports: shared + private) is file + a x params + 0.5 GiB. --force-np overrides.
 """
 import argparse
 import glob
@@ -146,20 +150,26 @@ def main():
     res_path = os.path.join(C.RESULTS, "t5_big.json")
     old = json.load(open(res_path)) if os.path.exists(res_path) else {}
     res = dict(old.get("models", {}))
-    per_param = None  # measured peak bytes per parameter (T5-large), for the guard
+    MODEL = "mapped-bf16"  # the memory model of the entries this version measures
+    private_pp = None  # measured private bytes per parameter (T5-large, mapped bf16), for the guard
     tl = res.get("t5-large", {})
-    if "peak_rss" in tl:
-        per_param = max(tl["peak_rss"]) / tl["params"]
+    if "peak_rss" in tl and tl.get("memory_model") == MODEL:
+        private_pp = max(0.0, (max(tl["peak_rss"]) - tl["file_bytes"] - 0.5 * 2**30) / tl["params"])
     names = a.models.split(",") if a.models else (["t5-large"] if a.quick else ["t5-large", "t5-3b"])
     for name in names:
         P = params_of(name)
-        guess = (per_param or 12.0) * P + 0.5 * 2**30
+        file_b = 2 * P  # bf16, shared by the ranks
+        private = (private_pp if private_pp is not None else 2.2) * P + 0.5 * 2**30
+        guess = file_b + private  # expected peak RSS per rank (shared pages included)
         avail = C.mem_available()
-        np_ = a.force_np or (2 if 2 * guess < avail else 1 if guess < avail else 0)
+        need = lambda n: file_b + n * private  # noqa: E731
+        margin = 1.5 * 2**30
+        np_ = a.force_np or (2 if need(2) + margin < avail else 1 if need(1) + margin < avail else 0)
         if np_ == 0:
-            res[name] = dict(not_run=f"expected peak ~{guess / 2**30:.1f} GiB per rank (the loader's float32 copy "
-                             f"of {P:,} parameters + magnitude scores + activations); MemAvailable "
-                             f"{avail / 2**30:.1f} GiB of {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+            res[name] = dict(not_run=f"expected {need(1) / 2**30:.1f} GiB for 1 rank ({file_b / 2**30:.1f} GiB mapped "
+                             f"bf16 file + {private / 2**30:.1f} GiB private: the W + scatter copies of the masked "
+                             f"weights + activations); MemAvailable {avail / 2**30:.1f} GiB of "
+                             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
                              params=P, measured_at=time.strftime("%Y-%m-%d %H:%M"))
             continue
         path = os.path.join(C.CACHE, f"{name}-bf16.safetensors")
@@ -169,13 +179,15 @@ def main():
             log.lines.append(f"# wrote {C.rel(path)} ({os.path.getsize(path):,} bytes) in {time.time() - t0:.0f} s "
                              f"with bench/t5_big.py:write_bf16")
         r = run(log, name, np_, path)
-        r.update(expected_peak_per_rank=guess, mem_available=avail, file_bytes=os.path.getsize(path),
+        r.update(expected_peak_per_rank=guess, expected_node_bytes=need(np_), mem_available=avail,
+                 file_bytes=os.path.getsize(path), memory_model=MODEL,
                  measured_at=time.strftime("%Y-%m-%d %H:%M"), note=C.machine_note())
         if np_ < 2 and "failed" not in r:
-            r["why_fewer_ranks"] = f"2 ranks x ~{guess / 2**30:.1f} GiB do not fit MemAvailable {avail / 2**30:.1f} GiB"
+            r["why_fewer_ranks"] = (f"2 ranks need ~{need(2) / 2**30:.1f} GiB (+1.5 GiB margin), MemAvailable "
+                                    f"{avail / 2**30:.1f} GiB")
         res[name] = r
-        if "peak_rss" in r:
-            per_param = max(r["peak_rss"]) / P
+        if "peak_rss" in r and name == "t5-large":
+            private_pp = max(0.0, (max(r["peak_rss"]) - r["file_bytes"] - 0.5 * 2**30) / P)
     C.write_json("t5_big.json", dict(models=res))
     rows = []
     for name, r in res.items():
@@ -191,9 +203,12 @@ def main():
         f.write("### One FISH 0.5% step (magnitude selection), random-init bf16 backbone, batch 1, 16 tokens\n\n")
         f.write(C.md_table(["model", "params", "ranks", "step s", "wall s (start-up incl.)", "peak RSS GiB per rank",
                             "bytes/step", "checkpoint", "measured"], rows))
-        f.write("\nThe bf16 file is memory-mapped by every rank; the loader converts it to the backbone's float32 "
-                "(a private copy per rank), and magnitude selection scores every weight in float32 — the reasons "
-                "for the per-rank peak. " + C.GPU_NOTE + "\n")
+        f.write("\nThe bf16 file is memory-mapped by every rank and its tensors are the frozen weights themselves "
+                "(bf16, no per-rank copy: the pages are shared through the page cache, and each rank's peak RSS "
+                "counts them — the node holds the file once plus each rank's private part). The forward computes "
+                "in bf16 (norm variance, softmax, logits and loss in float32); magnitude selection scores one "
+                "tensor at a time. What remains private per rank is mostly the bf16 copies W + scatter(values) of "
+                "the masked weights that autograd keeps until the backward, plus activations. " + C.GPU_NOTE + "\n")
     log.save()
 
 

@@ -12,6 +12,7 @@
 #include "model/llama.h"
 #include "model/llama2c.h"
 #include "model/safetensors.h"
+#include "model/t5.h"
 #include "util/error.h"
 
 namespace dt::model {
@@ -181,6 +182,9 @@ std::unique_ptr<Backbone> load_safetensors(const std::string& path, int64_t num_
     config = llama_config(reader);
   } else if (file.contains("shared.weight")) {
     config = t5_config(reader);
+    // Keep a bf16 file's dtype: the backbone's tensors are then the mapped pages themselves (shared by
+    // the node's ranks, no per-rank float32 copy); other dtypes are converted to float32 as before.
+    if (file.entry("shared.weight").dtype == at::kBFloat16) config.dtype = at::kBFloat16;
   } else if (bert_prefix || file.contains("embeddings.word_embeddings.weight")) {
     config = bert_config(reader);
   } else {
@@ -191,6 +195,7 @@ std::unique_ptr<Backbone> load_safetensors(const std::string& path, int64_t num_
   std::unique_ptr<Backbone> backbone;
   try {
     backbone = config.arch == Arch::Llama ? make_llama_uninitialized(config, num_labels)
+               : config.arch == Arch::T5  ? make_t5_uninitialized(config, num_labels)
                                           : make_backbone(config, num_labels);
   } catch (const UsageError&) {
     throw;

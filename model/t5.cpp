@@ -42,6 +42,12 @@ at::Tensor relative_position_bucket(at::Tensor relative, bool bidirectional, int
   return buckets + torch::where(is_small, relative, large);
 }
 
+// x W^T with x cast to W's dtype (no-op for float32 weights): a method's float32 output may have
+// widened the residual stream of a bf16 model (HF's T5 casts the same way before wo).
+at::Tensor lin(const at::Tensor& x, const at::Tensor& w) {
+  return torch::linear(x.scalar_type() == w.scalar_type() ? x : x.to(w.scalar_type()), w);
+}
+
 }  // namespace
 
 struct T5Backbone::Impl {
@@ -85,11 +91,16 @@ struct T5Backbone::Impl {
     const int64_t B = x.size(0), Tq = x.size(1), Tk = kv.size(1), H = config.num_heads, D = config.d_kv;
     auto project = [&](const char* name, const at::Tensor& in) {
       const std::string site = path + "." + name;
-      return out(site, torch::linear(in, W(site + ".weight")), in);
+      return out(site, lin(in, W(site + ".weight")), in);
     };
-    at::Tensor q = project("q", x).view({B, Tq, H, D}).transpose(1, 2);
-    at::Tensor k = project("k", kv).view({B, Tk, H, D}).transpose(1, 2);
-    at::Tensor v = project("v", kv).view({B, Tk, H, D}).transpose(1, 2);
+    // In the weights' dtype (a method's float32 output on one projection must not mix dtypes below).
+    const auto dtype = params.at(path + ".q.weight").scalar_type();
+    auto heads = [&](const at::Tensor& t, int64_t T) {
+      return (t.scalar_type() == dtype ? t : t.to(dtype)).view({B, T, H, D}).transpose(1, 2);
+    };
+    at::Tensor q = heads(project("q", x), Tq);
+    at::Tensor k = heads(project("k", kv), Tk);
+    at::Tensor v = heads(project("v", kv), Tk);
     at::Tensor scores_bias = bias;
     if (hooks->has_prefix(path)) {
       // Prefix keys are visible to every query and carry no position bias.
@@ -113,16 +124,16 @@ struct T5Backbone::Impl {
     const at::Tensor in = out(path + ".ffn_in", n, resid);
     at::Tensor inter;
     if (config.gated_ffn) {
-      const at::Tensor gate = torch::linear(in, W(path + ".wi_0.weight"));
+      const at::Tensor gate = lin(in, W(path + ".wi_0.weight"));
       const at::Tensor act = config.activation == "gelu_new" ? torch::gelu(gate, "tanh")
                              : config.activation == "gelu" ? torch::gelu(gate)
                                                            : torch::relu(gate);
-      inter = act * torch::linear(in, W(path + ".wi_1.weight"));
+      inter = act * lin(in, W(path + ".wi_1.weight"));
     } else {
-      inter = torch::relu(torch::linear(in, W(path + ".wi.weight")));
+      inter = torch::relu(lin(in, W(path + ".wi.weight")));
     }
     inter = dropout(out(path + ".wi", inter, in));
-    const at::Tensor h = dropout(torch::linear(inter, W(path + ".wo.weight")));
+    const at::Tensor h = dropout(lin(inter, W(path + ".wo.weight")));
     return out(path + ".ffn_out", h, in);
   }
 
@@ -165,12 +176,12 @@ struct T5Backbone::Impl {
       h = attention_layer(block + ".layer.0", "SelfAttention", h, {}, bias);
       h = ffn_layer(block + ".layer.1", h);
       h = block_end(block, h, x);
-      if (hidden) hidden->push_back(h);
+      if (hidden) hidden->push_back(h.to(torch::kFloat));  // float32 for side networks (no-op in fp32)
     }
     return {dropout(norm("encoder.final_layer_norm", h)), mask_add};
   }
 
-  // Decoder logits [B, T', vocab].
+  // Decoder logits [B, T', vocab], float32 (the head runs in the weights' dtype).
   at::Tensor decode(const at::Tensor& dec_ids, const at::Tensor& enc, const at::Tensor& enc_mask,
                     std::vector<at::Tensor>* hidden) const {
     const int64_t T = dec_ids.size(1);
@@ -187,18 +198,20 @@ struct T5Backbone::Impl {
       h = attention_layer(block + ".layer.1", "EncDecAttention", h, enc, enc_mask);
       h = ffn_layer(block + ".layer.2", h);
       h = block_end(block, h, x);
-      if (hidden) hidden->push_back(h);
+      if (hidden) hidden->push_back(h.to(torch::kFloat));  // float32 for side networks (no-op in fp32)
     }
     h = dropout(norm("decoder.final_layer_norm", h));
     // v1.0 ties the head to the embedding and rescales, as HF does.
     const at::Tensor logits = config.tie_word_embeddings
-                                  ? torch::linear(h * std::pow(static_cast<double>(config.d_model), -0.5), shared)
-                                  : torch::linear(h, W("lm_head.weight"));
-    return out("lm_head", logits, h);
+                                  ? lin(h * std::pow(static_cast<double>(config.d_model), -0.5), shared)
+                                  : lin(h, W("lm_head.weight"));
+    const at::Tensor o = out("lm_head", logits, h);
+    return o.scalar_type() == torch::kFloat ? o : o.to(torch::kFloat);
   }
 };
 
-T5Backbone::T5Backbone(const ModelConfig& config, int64_t num_labels, T5Head head) : impl_(std::make_unique<Impl>()) {
+T5Backbone::T5Backbone(const ModelConfig& config, int64_t num_labels, T5Head head, bool random_init)
+    : impl_(std::make_unique<Impl>()) {
   DT_CHECK(config.arch == Arch::T5, "T5Backbone: config '" + config.name + "' is not a T5 config");
   DT_CHECK(num_labels >= 0, "T5Backbone: num_labels must be >= 0");
   impl_->config = config;
@@ -214,7 +227,9 @@ T5Backbone::T5Backbone(const ModelConfig& config, int64_t num_labels, T5Head hea
   for (const TensorMeta& meta : describe(config)) {
     at::Tensor t = torch::empty(meta.shape, opts);
     const std::string& n = meta.name;
-    if (ends_with(n, "layer_norm.weight")) {
+    if (!random_init) {
+      // Left as allocated: the loader replaces every tensor (untouched pages cost no memory).
+    } else if (ends_with(n, "layer_norm.weight")) {
       t.fill_(1.0);
     } else if (n == "shared.weight" || n == "lm_head.weight") {
       t.normal_(0.0, 1.0);
@@ -230,9 +245,11 @@ T5Backbone::T5Backbone(const ModelConfig& config, int64_t num_labels, T5Head hea
     register_dotted(*impl_->root, n, t);
   }
   if (num_labels > 0 && head == T5Head::Classifier) {
-    const at::Tensor w = torch::empty({num_labels, config.d_model}, opts).normal_(0.0, std::pow(d, -0.5));
+    // A trained head: float32 whatever the backbone's dtype.
+    const auto head_opts = torch::TensorOptions().dtype(torch::kFloat);
+    const at::Tensor w = torch::empty({num_labels, config.d_model}, head_opts).normal_(0.0, std::pow(d, -0.5));
     register_dotted(*impl_->root, "classifier.weight", w);
-    register_dotted(*impl_->root, "classifier.bias", torch::zeros({num_labels}, opts));
+    register_dotted(*impl_->root, "classifier.bias", torch::zeros({num_labels}, head_opts));
   }
   for (const auto& item : impl_->root->named_parameters()) impl_->params[item.key()] = item.value();
   impl_->root->eval();
@@ -261,7 +278,8 @@ ForwardResult T5Backbone::forward(const Batch& batch, const ForwardOptions& opti
   if (m.num_labels > 0 && m.head == T5Head::Classifier) {
     const at::Tensor keep = (enc_mask.view({B, -1, 1}) == 0).to(enc.scalar_type());
     const at::Tensor pooled = (enc * keep).sum(1) / keep.sum(1).clamp_min(1.0);
-    result.logits = torch::linear(m.dropout(pooled), m.W("classifier.weight"), m.W("classifier.bias"));
+    const at::Tensor cw = m.W("classifier.weight");
+    result.logits = torch::linear(m.dropout(pooled).to(cw.scalar_type()), cw, m.W("classifier.bias"));
     if (batch.labels.defined()) result.loss = torch::cross_entropy_loss(result.logits, batch.labels);
     return result;
   }
@@ -318,6 +336,10 @@ int64_t T5Backbone::num_labels() const { return impl_->num_labels; }
 
 std::unique_ptr<Backbone> make_t5(const ModelConfig& config, int64_t num_labels) {
   return std::make_unique<T5Backbone>(config, num_labels, T5Head::LabelWords);
+}
+
+std::unique_ptr<Backbone> make_t5_uninitialized(const ModelConfig& config, int64_t num_labels) {
+  return std::make_unique<T5Backbone>(config, num_labels, T5Head::LabelWords, /*random_init=*/false);
 }
 
 }  // namespace dt::model

@@ -13,6 +13,11 @@
 //                           the whole vocabulary on the label word's token (as T5 trains).
 //   Classifier              "classifier.{weight,bias}" on the mask-mean-pooled encoder output; no decoder.
 // return_hidden_states gives every encoder block output, then every decoder block output (pre final norm).
+//
+// Dtypes: the forward computes in the weights' dtype (float32, or bf16 for a bf16 checkpoint, which is
+// then used as mapped, without a copy), as HF's T5 does: layer-norm variance and attention softmax in
+// float32 and cast back, every linear's input cast to its weight's dtype (a method's float32 output may
+// have widened the stream), logits and loss in float32.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -30,7 +35,12 @@ enum class T5Head { LabelWords, Classifier };
 
 class T5Backbone : public Backbone {
  public:
-  T5Backbone(const ModelConfig& config, int64_t num_labels, T5Head head = T5Head::LabelWords);
+  // random_init = false leaves the backbone's tensors uninitialized (allocated, never touched): for a
+  // loader that replaces them all right away (model/load.cpp). The parameters get config.dtype (the
+  // file's dtype when loaded: bf16 weights stay bf16 and are the mapped file's pages themselves); the
+  // Classifier head is float32 and randomly initialized in every case.
+  T5Backbone(const ModelConfig& config, int64_t num_labels, T5Head head = T5Head::LabelWords,
+             bool random_init = true);
   ~T5Backbone() override;
 
   const ModelConfig& config() const override;
@@ -52,5 +62,7 @@ class T5Backbone : public Backbone {
 
 // Declared here as in model/load.h (same signature): a T5Backbone with the LabelWords head.
 std::unique_ptr<Backbone> make_t5(const ModelConfig& config, int64_t num_labels);
+// The same without the random init (the weights are about to be replaced from a file).
+std::unique_ptr<Backbone> make_t5_uninitialized(const ModelConfig& config, int64_t num_labels);
 
 }  // namespace dt::model

@@ -78,7 +78,17 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
                        comm::Communicator* comm, const FishOptions& options) {
   NamedTensors scores;
   int64_t used = 0;
-  if (options.select == "fisher") {
+  Mask mask;
+  if (options.select == "magnitude") {
+    // Streamed: |W| in float32 of one tensor at a time (never of the whole model at once), the same
+    // mask as top_k_mask over all the scores; bf16 weights are read in place.
+    std::map<std::string, at::Tensor> by_name;
+    for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+    const auto eligible = eligible_tensors(backbone.config(), options.fisher.include, options.fisher.exclude);
+    DT_CHECK(!eligible.empty(), "FISH: no eligible tensor (check --fish.include / --fish.exclude)");
+    mask = top_k_mask_streaming(
+        eligible, [&](size_t t) { return by_name.at(eligible[t].name).detach().abs().to(at::kFloat); }, options.topk);
+  } else if (options.select == "fisher") {
     DT_CHECK(sample && available > 0 && comm, "FISH: the Fisher mask needs training samples and a communicator");
     used = std::min(options.samples, available);
     scores = compute_fisher(backbone, sample, used, *comm, options.fisher);
@@ -88,13 +98,13 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
     auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
     for (const auto& meta : eligible_tensors(backbone.config(), options.fisher.include, options.fisher.exclude)) {
       const at::Tensor& w = by_name.at(meta.name);
-      scores.emplace_back(meta.name, options.select == "magnitude"
-                                         ? w.detach().abs().to(at::kFloat)
-                                         : at::rand(w.sizes(), gen, at::TensorOptions().dtype(at::kFloat)));
+      scores.emplace_back(meta.name, at::rand(w.sizes(), gen, at::TensorOptions().dtype(at::kFloat)));
     }
   }
-  DT_CHECK(!scores.empty(), "FISH: no eligible tensor (check --fish.include / --fish.exclude)");
-  Mask mask = top_k_mask(scores, options.topk);
+  if (options.select != "magnitude") {
+    DT_CHECK(!scores.empty(), "FISH: no eligible tensor (check --fish.include / --fish.exclude)");
+    mask = top_k_mask(scores, options.topk);
+  }
   mask.metadata["method"] = "fish";
   mask.metadata["options"] = describe_fish_options(options);
   mask.metadata["model"] = backbone.config().name;

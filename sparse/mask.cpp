@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cmath>
+#include <functional>
 #include <set>
 #include <sstream>
 
@@ -118,23 +119,26 @@ int64_t mask_count(const std::vector<model::TensorMeta>& tensors, const TopKOpti
   return k;
 }
 
-std::vector<at::Tensor> top_k_indices(const std::vector<at::Tensor>& scores, int64_t k) {
-  std::vector<at::Tensor> bits;
-  int64_t total = 0;
-  for (const auto& s : scores) {
-    bits.push_back(score_bits(s));
-    total += s.numel();
-  }
+namespace {
+
+// The global top-k over scores produced one tensor at a time (see top_k_mask_streaming): a radix
+// select in three passes over the tensors (high-16-bit histogram, low-16-bit histogram within the
+// bucket, then the picks), each pass scoring one tensor, using it and dropping it.
+std::vector<at::Tensor> top_k_streaming(size_t n, const std::function<at::Tensor(size_t)>& score, int64_t total,
+                                        int64_t k) {
   DT_CHECK(k >= 0 && k <= total, fmt::format("top-k: k = {} of {} scores", k, total));
   std::vector<at::Tensor> out;
   if (k == 0) {
-    for (size_t t = 0; t < scores.size(); ++t) out.push_back(at::empty({0}, at::kLong));
+    for (size_t t = 0; t < n; ++t) {
+      score_bits(score(t));  // the same checks as with k > 0
+      out.push_back(at::empty({0}, at::kLong));
+    }
     return out;
   }
   // Radix select of the k-th largest bit pattern: high 16 bits, then low 16 bits within that bucket.
   std::array<int64_t, 65536> hi{};
-  for (const auto& b : bits) {
-    const auto h = key_histogram(at::bitwise_right_shift(b, 16));
+  for (size_t t = 0; t < n; ++t) {
+    const auto h = key_histogram(at::bitwise_right_shift(score_bits(score(t)), 16));
     for (int i = 0; i < 65536; ++i) hi[i] += h[i];
   }
   int64_t above = 0;
@@ -144,7 +148,8 @@ std::vector<at::Tensor> top_k_indices(const std::vector<at::Tensor>& scores, int
     above += hi[bucket];
   }
   std::array<int64_t, 65536> lo{};
-  for (const auto& b : bits) {
+  for (size_t t = 0; t < n; ++t) {
+    const at::Tensor b = score_bits(score(t));
     const at::Tensor in_bucket = b.masked_select(at::bitwise_right_shift(b, 16) == bucket);
     const auto h = key_histogram(at::bitwise_and(in_bucket, 0xFFFF));
     for (int i = 0; i < 65536; ++i) lo[i] += h[i];
@@ -156,7 +161,8 @@ std::vector<at::Tensor> top_k_indices(const std::vector<at::Tensor>& scores, int
   }
   const int32_t threshold = static_cast<int32_t>((static_cast<uint32_t>(bucket) << 16) | static_cast<uint32_t>(low));
   int64_t ties_left = k - above;  // entries equal to the threshold still to take, lowest positions first
-  for (const auto& b : bits) {
+  for (size_t t = 0; t < n; ++t) {
+    const at::Tensor b = score_bits(score(t));
     const at::Tensor greater = at::nonzero(b > threshold).view(-1);
     at::Tensor equal = at::nonzero(b == threshold).view(-1);
     const int64_t take = std::min<int64_t>(ties_left, equal.numel());
@@ -166,6 +172,44 @@ std::vector<at::Tensor> top_k_indices(const std::vector<at::Tensor>& scores, int
   }
   DT_CHECK(ties_left == 0, "top-k: internal error, ties left over");
   return out;
+}
+
+}  // namespace
+
+std::vector<at::Tensor> top_k_indices(const std::vector<at::Tensor>& scores, int64_t k) {
+  int64_t total = 0;
+  for (const auto& s : scores) {
+    score_bits(s);  // checked before k, as always
+    total += s.numel();
+  }
+  return top_k_streaming(scores.size(), [&scores](size_t t) { return scores[t]; }, total, k);
+}
+
+Mask top_k_mask_streaming(const std::vector<model::TensorMeta>& tensors, const ScoreFn& score,
+                          const TopKOptions& options) {
+  const int64_t k = mask_count(tensors, options);
+  std::vector<at::Tensor> picked;
+  auto checked = [&tensors, &score](size_t t) {
+    at::Tensor s = score(t);
+    DT_CHECK(s.sizes().vec() == tensors[t].shape,
+             "top-k mask: the score of '" + tensors[t].name + "' has shape " + c10::str(s.sizes()));
+    return s;
+  };
+  if (options.per_tensor) {
+    for (size_t t = 0; t < tensors.size(); ++t) {
+      const at::Tensor s = checked(t);
+      picked.push_back(top_k_indices({s}, std::llround(options.keep * static_cast<double>(s.numel()))).front());
+    }
+  } else {
+    picked = top_k_streaming(tensors.size(), checked, model::total_params(tensors), k);
+  }
+  Mask mask;
+  for (size_t t = 0; t < tensors.size(); ++t) {
+    if (picked[t].numel() == 0) continue;
+    mask.entries.push_back({tensors[t].name, tensors[t].shape, picked[t]});
+  }
+  DT_CHECK(mask.count() == k, "top-k mask: kept " + std::to_string(mask.count()) + " of " + std::to_string(k));
+  return mask;
 }
 
 Mask top_k_mask(const std::vector<std::pair<std::string, at::Tensor>>& scores, const TopKOptions& options) {

@@ -17,6 +17,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -56,6 +57,13 @@ int64_t mask_count(const std::vector<model::TensorMeta>& tensors, const TopKOpti
 
 // The top-k mask of `scores` (name, tensor), see the note above.
 Mask top_k_mask(const std::vector<std::pair<std::string, at::Tensor>>& scores, const TopKOptions& options);
+// The same mask with the scores made one tensor at a time: score(t) gives the float32 scores of
+// tensors[t] (its shape) and is called up to three times per tensor (it must give the same values each
+// time); only one tensor's scores are alive at once (FISH's magnitude selection of a 3B model scores
+// one weight at a time instead of holding float32 |W| of every weight). Bit-identical to top_k_mask.
+using ScoreFn = std::function<at::Tensor(size_t)>;
+Mask top_k_mask_streaming(const std::vector<model::TensorMeta>& tensors, const ScoreFn& score,
+                          const TopKOptions& options);
 // The k largest of ONE score vector set (global top-k), returned per tensor; exposed for tests.
 std::vector<at::Tensor> top_k_indices(const std::vector<at::Tensor>& scores, int64_t k);
 

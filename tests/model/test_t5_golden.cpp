@@ -2,7 +2,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <set>
 
 #include "model/config.h"
@@ -161,6 +163,57 @@ TEST_P(T5Golden, LoadBackboneReadsTheFixture) {
   const ForwardResult r = backbone->forward(batch);
   EXPECT_LT(max_abs_err(r.logits, golden.tensor("logits")), kTol);
   EXPECT_LT(max_abs_err(r.loss, golden.tensor("loss")), kTol);
+}
+
+// A bf16 file: the backbone's tensors are the mapped file's bytes (bf16, no copy: two tensors lie as
+// far apart as in the file), the forward computes in bf16 (logits and loss float32) and stays close to
+// float32 with the same bf16-rounded weights; backward runs.
+TEST_P(T5Golden, Bf16FileIsMappedAndComputesInBf16) {
+  const std::string name = GetParam();
+  const auto f32 = load_backbone(fixture("t5/" + name + ".safetensors"), 0);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [n, p] : f32->named_parameters()) {
+      tensors.emplace_back(n, p.to(torch::kBFloat16));
+      p.copy_(p.to(torch::kBFloat16).to(torch::kFloat));  // the float32 reference of the same weights
+    }
+  }
+  const std::string path = ::testing::TempDir() + "/dt_t5_bf16_" + name + ".safetensors";
+  save_safetensors(path, tensors, config_metadata(f32->config()));
+  const auto bf = load_backbone(path, 0);
+  EXPECT_EQ(bf->config().dtype, torch::kBFloat16);
+  std::map<std::string, at::Tensor> params;
+  for (const auto& [n, p] : bf->named_parameters()) {
+    EXPECT_EQ(p.scalar_type(), torch::kBFloat16) << n;
+    params[n] = p;
+  }
+  const auto file = SafetensorsFile::open(path);
+  const auto& e0 = file.entries().front();
+  for (const auto& e : file.entries()) {
+    const auto* a = static_cast<const char*>(params.at(e0.name).data_ptr());
+    const auto* b = static_cast<const char*>(params.at(e.name).data_ptr());
+    EXPECT_EQ(b - a, static_cast<std::ptrdiff_t>(e.begin - e0.begin)) << e.name << " is not a view of the mapping";
+    EXPECT_TRUE(at::equal(params.at(e.name), file.tensor(e.name))) << e.name;
+  }
+  const auto golden = SafetensorsFile::open(fixture("t5/" + name + ".golden.safetensors"));
+  Batch batch;
+  batch.input_ids = golden.tensor("input_ids");
+  batch.attention_mask = golden.tensor("attention_mask");
+  batch.labels = golden.tensor("labels");
+  const ForwardResult want = f32->forward(batch);
+  const ForwardResult got = bf->forward(batch);
+  EXPECT_EQ(got.logits.scalar_type(), torch::kFloat);
+  EXPECT_EQ(got.loss.scalar_type(), torch::kFloat);
+  const double scale = want.logits.abs().max().item<double>();
+  EXPECT_LT(max_abs_err(got.logits, want.logits), 0.05 * scale + 0.05);
+  EXPECT_NEAR(got.loss.item<double>(), want.loss.item<double>(), 0.05 * std::abs(want.loss.item<double>()) + 0.02);
+  got.loss.backward();
+  const at::Tensor g = params.at("encoder.block.0.layer.0.SelfAttention.q.weight").grad();
+  ASSERT_TRUE(g.defined());
+  EXPECT_EQ(g.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(at::isfinite(g).all().item<bool>());
+  std::remove(path.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Tiny, T5Golden, ::testing::Values("tiny-t5", "tiny-t5-v1_1"));

@@ -9,9 +9,11 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <numeric>
 #include <random>
 
+#include "model/load.h"
 #include "sparse/index_codec.h"
 #include "sparse/methods.h"
 #include "sparse/scatter.h"
@@ -160,6 +162,51 @@ TEST(TopK, CountsFromKeepAndPerTensor) {
   o.count = 1000;
   EXPECT_THROW(sparse::top_k_mask(scores, o), UsageError);
   EXPECT_THROW(sparse::top_k_indices({at::tensor({1.0f, -1.0f})}, 1), Error);
+}
+
+// Streaming magnitude selection (one tensor's float32 |W| at a time) = top_k_mask over all the
+// scores, bit for bit: on tiny-t5 with bf16-rounded weights (many ties across and within tensors),
+// global keep / count / per-tensor, and through compute_fish_mask's magnitude branch.
+TEST(TopK, StreamingMagnitudeEqualsTopKMask) {
+  torch::manual_seed(7);
+  auto backbone = model::make_backbone(model::named_config("tiny-t5"), 0);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& [name, p] : backbone->named_parameters()) p.copy_(p.to(at::kBFloat16).to(at::kFloat).round());
+  }
+  sparse::FishOptions fo;
+  fo.select = "magnitude";
+  const auto eligible = sparse::eligible_tensors(backbone->config(), fo.fisher.include, fo.fisher.exclude);
+  std::map<std::string, at::Tensor> by_name;
+  for (const auto& [name, t] : backbone->named_parameters()) by_name.emplace(name, t);
+  std::vector<std::pair<std::string, at::Tensor>> scores;
+  for (const auto& m : eligible) scores.emplace_back(m.name, by_name.at(m.name).detach().abs().to(at::kFloat));
+  std::vector<sparse::TopKOptions> cases(5);
+  cases[0].keep = 0.005;
+  cases[1].keep = 0.3;
+  cases[2].count = 1;
+  cases[3].count = 777;
+  cases[4].keep = 0.05;
+  cases[4].per_tensor = true;
+  for (const auto& o : cases) {
+    const sparse::Mask want = sparse::top_k_mask(scores, o);
+    int calls = 0;
+    const sparse::Mask got = sparse::top_k_mask_streaming(
+        eligible, [&](size_t t) { ++calls; return scores[t].second.clone(); }, o);
+    EXPECT_GT(calls, 0);
+    EXPECT_EQ(got.hash_hex(), want.hash_hex()) << "keep " << o.keep << " count " << o.count;
+    ASSERT_EQ(got.entries.size(), want.entries.size());
+    for (size_t i = 0; i < got.entries.size(); ++i) {
+      EXPECT_EQ(got.entries[i].name, want.entries[i].name);
+      EXPECT_TRUE(at::equal(got.entries[i].indices, want.entries[i].indices));
+    }
+    fo.topk = o;
+    EXPECT_EQ(sparse::compute_fish_mask(*backbone, {}, 0, nullptr, fo).hash_hex(), want.hash_hex());
+  }
+  // Bad scores are refused as before.
+  EXPECT_THROW(sparse::top_k_mask_streaming({{"a", {2}}}, [](size_t) { return at::tensor({1.0f, -1.0f}); },
+                                            sparse::TopKOptions{}),
+               Error);
 }
 
 TEST(MaskFile, SaveLoadHashAndShapeChecks) {
