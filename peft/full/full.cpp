@@ -17,8 +17,9 @@ class Full final : public Method {
     std::vector<Trainable> out;
     for (auto& [name, tensor] : backbone.named_parameters()) {
       if (is_head(name)) continue;  // the task head is added by MethodSet, after every method
-      // The frozen weights may be a read-only mapping of the weights file: train a private copy.
-      tensor.set_data(tensor.clone());
+      // The frozen weights may be a read-only mapping of the weights file (bf16 for a big T5): train a
+      // private float32 copy (the master weights; GradSync and the optimizers work in float32).
+      tensor.set_data(tensor.detach().to(at::kFloat, /*non_blocking=*/false, /*copy=*/true));
       tensor.requires_grad_(true);
       out.push_back({name, tensor, "full"});
     }

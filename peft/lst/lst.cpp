@@ -400,7 +400,8 @@ class Lst final : public Method {
     model::HookSet& hooks = side_->hooks();
     const bool t5 = c.arch == model::Arch::T5;
     const std::string table = t5 ? "shared.weight" : "model.embed_tokens.weight";
-    backbone_table_ = param(table);
+    // Float32 views of the frozen tables the side network computes with (a bf16 backbone keeps bf16).
+    backbone_table_ = param(table).to(at::kFloat);
     hooks.add_input(t5 ? "shared" : "model.embed_tokens", [this](const at::Tensor&) {
       DT_CHECK(input_ids_.defined(), "lst: the side network ran outside Lst::forward");
       const Ladder& l = ladders_[0];
@@ -422,7 +423,7 @@ class Lst final : public Method {
       hooks.set_weight("score.weight", [this](const at::Tensor&) { return at::matmul(head_, up_); });
     } else {
       const bool tied = c.tie_word_embeddings;
-      head_ = param(tied ? table : "lm_head.weight");
+      head_ = param(tied ? table : "lm_head.weight").to(at::kFloat);
       const double scale = t5 && tied ? std::pow(static_cast<double>(d), -0.5) : 1.0;
       hooks.add_output("lm_head", [this, scale](const at::Tensor&, const at::Tensor& x) {
         at::Tensor h = at::linear(x, up_);

@@ -1,0 +1,52 @@
+// Methods over a backbone whose frozen weights stay bf16 (a bf16 T5 file is mapped, not converted):
+// their trainable tensors are float32, the forward and backward run, and gradients reach them. `full`
+// trains a float32 copy; LST's side network computes in float32 from the bf16 backbone.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cstdio>
+
+#include "model/load.h"
+#include "model/safetensors.h"
+#include "model/t5.h"
+#include "tests/peft/test_adapters_util.h"
+
+namespace dt::testing::adapters {
+namespace {
+
+std::string bf16_tiny_t5() {
+  const auto f32 = model::make_backbone(model::named_config("tiny-t5"), 0);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& [n, p] : f32->named_parameters()) tensors.emplace_back(n, p.detach().to(at::kBFloat16));
+  const std::string path = ::testing::TempDir() + "/dt_peft_bf16_tiny_t5.safetensors";
+  model::save_safetensors(path, tensors, model::config_metadata(f32->config()));
+  return path;
+}
+
+TEST(Bf16Backbone, MethodsTrainFloat32TensorsOverBf16Weights) {
+  const std::string path = bf16_tiny_t5();
+  for (const std::vector<std::string> args : {std::vector<std::string>{"--method", "full"},
+                                              {"--method", "lst", "--lst.r", "2"},
+                                              {"--method", "lora"},
+                                              {"--method", "fish", "--fish.select", "magnitude"}}) {
+    auto backbone = model::load_backbone(path, 2);
+    ASSERT_EQ(backbone->config().dtype, at::kBFloat16);
+    dynamic_cast<model::T5Backbone&>(*backbone).set_label_token_ids({5, 9});
+    const auto set = method_set(args);
+    const auto trainables = set.apply(*backbone);
+    const model::Batch batch = batch_for(backbone->config());
+    const auto out = set.forward(*backbone, batch);
+    ASSERT_TRUE(out.loss.defined()) << args[1];
+    EXPECT_TRUE(std::isfinite(out.loss.item<double>())) << args[1];
+    out.loss.backward();
+    for (const auto& t : trainables) {
+      EXPECT_EQ(t.tensor.scalar_type(), at::kFloat) << args[1] << " " << t.name;
+      ASSERT_TRUE(t.tensor.grad().defined()) << args[1] << " " << t.name;
+    }
+  }
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace dt::testing::adapters
