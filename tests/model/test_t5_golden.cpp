@@ -61,6 +61,15 @@ using testing::max_abs_err;
 
 constexpr double kTol = 1e-4;
 
+// The reference's LM batch: ids, mask and labels (the decoder input is the labels shifted right).
+Batch golden_lm_batch(const SafetensorsFile& golden) {
+  Batch batch;
+  batch.input_ids = golden.tensor("input_ids");
+  batch.attention_mask = golden.tensor("attention_mask");
+  batch.labels = golden.tensor("labels");
+  return batch;
+}
+
 class T5Golden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(T5Golden, LmMatchesReference) {
@@ -71,10 +80,7 @@ TEST_P(T5Golden, LmMatchesReference) {
   EXPECT_TRUE(load_by_name(t5, weights).empty()) << "the fixture holds tensors T5Backbone lacks";
   const auto golden = SafetensorsFile::open(fixture("t5/" + name + ".golden.safetensors"));
 
-  Batch batch;
-  batch.input_ids = golden.tensor("input_ids");
-  batch.attention_mask = golden.tensor("attention_mask");
-  batch.labels = golden.tensor("labels");  // the decoder input is these shifted right
+  const Batch batch = golden_lm_batch(golden);
   ForwardOptions options;
   options.return_hidden_states = true;
   const ForwardResult r = t5.forward(batch, options);
@@ -156,10 +162,7 @@ TEST_P(T5Golden, LoadBackboneReadsTheFixture) {
   EXPECT_EQ(got.relative_attention_num_buckets, want.relative_attention_num_buckets);
   EXPECT_EQ(got.relative_attention_max_distance, want.relative_attention_max_distance);
   const auto golden = SafetensorsFile::open(fixture("t5/" + name + ".golden.safetensors"));
-  Batch batch;
-  batch.input_ids = golden.tensor("input_ids");
-  batch.attention_mask = golden.tensor("attention_mask");
-  batch.labels = golden.tensor("labels");
+  const Batch batch = golden_lm_batch(golden);
   const ForwardResult r = backbone->forward(batch);
   EXPECT_LT(max_abs_err(r.logits, golden.tensor("logits")), kTol);
   EXPECT_LT(max_abs_err(r.loss, golden.tensor("loss")), kTol);
@@ -197,10 +200,7 @@ TEST_P(T5Golden, Bf16FileIsMappedAndComputesInBf16) {
     EXPECT_TRUE(at::equal(params.at(e.name), file.tensor(e.name))) << e.name;
   }
   const auto golden = SafetensorsFile::open(fixture("t5/" + name + ".golden.safetensors"));
-  Batch batch;
-  batch.input_ids = golden.tensor("input_ids");
-  batch.attention_mask = golden.tensor("attention_mask");
-  batch.labels = golden.tensor("labels");
+  const Batch batch = golden_lm_batch(golden);
   const ForwardResult want = f32->forward(batch);
   const ForwardResult got = bf->forward(batch);
   EXPECT_EQ(got.logits.scalar_type(), torch::kFloat);
