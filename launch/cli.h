@@ -36,7 +36,7 @@ struct Subcommand {
   std::function<int(const po::variables_map&)> run;
 };
 
-// Each subcommand file defines one of these (a subcommand not filled in yet says so and exits 2).
+// Each subcommand file defines one of these.
 Subcommand train_subcommand();
 Subcommand eval_subcommand();
 Subcommand generate_subcommand();
@@ -56,8 +56,5 @@ po::variables_map parse_options(const Subcommand& sub, const po::options_descrip
 // The resolved configuration as an INI file (sections by the prefix before the first '.'),
 // options at their defaults included. `--print-config` prints it; train hashes it at start-up.
 std::string render_config(const po::options_description& desc, const po::variables_map& vm);
-
-// A subcommand that a later issue fills in: prints what is missing and returns exit code 2.
-int not_implemented(const std::string& subcommand, const std::string& issue);
 
 }  // namespace dt::launch

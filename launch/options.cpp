@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <iostream>
 #include <map>
 #include <sstream>
 
@@ -173,11 +172,6 @@ std::string render_config(const po::options_description& desc, const po::variabl
     for (const auto& [key, value] : entries) out << key << " = " << value << "\n";
   }
   return out.str();
-}
-
-int not_implemented(const std::string& subcommand, const std::string& issue) {
-  std::cerr << "deltatune " << subcommand << ": not implemented yet (tracked in issue " << issue << ")\n";
-  return 2;
 }
 
 }  // namespace dt::launch
