@@ -489,7 +489,15 @@ bool fsync_path(const std::string& path, bool directory) {
   return ok;
 }
 
-// Writes `text` to dir/name atomically (temp + fsync + rename + directory fsync).
+int64_t step_of_file(const std::string& name) {
+  static const std::regex pattern(R"(ckpt-(\d+)\.h5)");
+  std::smatch m;
+  if (!std::regex_match(name, m, pattern)) return -1;
+  return std::stoll(m[1].str());
+}
+
+}  // namespace
+
 void replace_file_atomically(const std::string& dir, const std::string& name, const std::string& text) {
   const std::string final_path = dir + "/" + name, tmp = final_path + ".tmp";
   {
@@ -507,15 +515,6 @@ void replace_file_atomically(const std::string& dir, const std::string& name, co
   }
   fsync_path(dir, true);
 }
-
-int64_t step_of_file(const std::string& name) {
-  static const std::regex pattern(R"(ckpt-(\d+)\.h5)");
-  std::smatch m;
-  if (!std::regex_match(name, m, pattern)) return -1;
-  return std::stoll(m[1].str());
-}
-
-}  // namespace
 
 std::vector<std::string> list_checkpoints(const std::string& dir) {
   std::vector<std::pair<int64_t, std::string>> found;

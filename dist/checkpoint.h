@@ -131,6 +131,10 @@ struct CheckpointInfo {
 };
 CheckpointInfo inspect_checkpoint(const std::string& path);
 
+// Writes `text` to dir/name atomically: a temp file, fsync, rename, directory fsync (the `latest`
+// pointer; export's adapter_config.json). dt::Error naming the file when it cannot.
+void replace_file_atomically(const std::string& dir, const std::string& name, const std::string& text);
+
 // ---- state capture and restore -----------------------------------------------------------------
 
 // This process's RNG state: torch's default CPU generator (dropout, initialization). The sampler

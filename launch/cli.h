@@ -55,6 +55,9 @@ po::variables_map parse_options(const Subcommand& sub, const po::options_descrip
 
 // The resolved configuration as an INI file (sections by the prefix before the first '.'),
 // options at their defaults included. `--print-config` prints it; train hashes it at start-up.
+// The string value of option `name`, or "" when it was not given.
+std::string option_or_empty(const po::variables_map& vm, const char* name);
+
 std::string render_config(const po::options_description& desc, const po::variables_map& vm);
 
 }  // namespace dt::launch

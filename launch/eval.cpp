@@ -21,10 +21,6 @@
 namespace dt::launch {
 namespace {
 
-std::string option_or_empty(const po::variables_map& vm, const char* name) {
-  return vm.count(name) ? vm[name].as<std::string>() : "";
-}
-
 int run_eval(const po::variables_map& vm) {
   if (!vm.count("checkpoint")) throw_usage_error("deltatune eval: give a checkpoint (file or train's --out directory)");
   SessionOptions session_options;
@@ -52,9 +48,7 @@ int run_eval(const po::variables_map& vm) {
   if (batch_size <= 0) batch_size = cfg["train.eval-batch-size"].as<int64_t>();
   const auto encode =
       dist::encode_options_for(r.model.backbone->config(), task.name, cfg["train.max-len"].as<int64_t>());
-  auto examples = dist::read_glue(cfg["data"].as<std::string>(), task.name, "dev");
-  if (max > 0 && max < static_cast<int64_t>(examples.size())) examples.resize(max);
-  const dist::EncodedDataset dev = dist::encode_all(examples, *r.model.tokenizer, encode);
+  const dist::EncodedDataset dev = load_dev_set(cfg["data"].as<std::string>(), task, *r.model.tokenizer, encode, max);
 
   // ---- evaluate (collective) ------------------------------------------------------------------------
   const Evaluation e = evaluate(r.methods, *r.model.backbone, dev, task.num_labels, batch_size, comm);
@@ -62,11 +56,11 @@ int run_eval(const po::variables_map& vm) {
   log::info("eval step {}: dev accuracy {:.4f}{} on {} examples of {} ({:.1f} s)", r.state.step, e.metrics.accuracy,
             mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "", e.metrics.count, task.name, e.seconds);
 
-  nlohmann::json j = {{"step", r.state.step}, {"eval_accuracy", e.metrics.accuracy}, {"eval_count", e.metrics.count}};
-  if (mcc) j["eval_mcc"] = e.metrics.mcc;
+  const nlohmann::json record = eval_record(r.state.step, e, task);
   if (comm.rank() == 0) {
     if (vm.count("json")) {
       const std::string out = vm["json"].as<std::string>();
+      nlohmann::json j = record;
       j["checkpoint"] = path;
       j["task"] = task.name;
       j["method"] = r.state.method;
@@ -77,10 +71,7 @@ int run_eval(const po::variables_map& vm) {
     }
     if (vm.count("metrics")) {
       std::ofstream f(vm["metrics"].as<std::string>(), std::ios::app);
-      nlohmann::json line = {{"step", r.state.step}, {"eval_accuracy", e.metrics.accuracy},
-                             {"eval_count", e.metrics.count}};
-      if (mcc) line["eval_mcc"] = e.metrics.mcc;
-      f << line.dump() << "\n";
+      f << record.dump() << "\n";
       if (!f) throw_usage_error("deltatune eval: --metrics: cannot write '" + vm["metrics"].as<std::string>() + "'");
     }
   }

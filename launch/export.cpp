@@ -203,25 +203,6 @@ PeftAdapter peft_adapter(const RestoredModel& r, const std::string& base_model) 
 
 // ---- files -------------------------------------------------------------------------------------------
 
-void write_text_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    f << text;
-    f.flush();
-    if (!f) {
-      std::remove(tmp.c_str());
-      DT_FAIL("cannot write '" + tmp + "'");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    std::remove(tmp.c_str());
-    DT_FAIL("cannot rename '" + tmp + "' to '" + path + "': " + ec.message());
-  }
-}
-
 // Every file to be written is checked before any is: a refused export leaves nothing half done.
 void check_writable(const std::string& dir, const std::vector<std::string>& files, bool force) {
   if (fs::exists(dir) && !fs::is_directory(dir)) usage("--out '" + dir + "' exists and is not a directory");
@@ -232,10 +213,6 @@ void check_writable(const std::string& dir, const std::vector<std::string>& file
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) usage("cannot create --out directory '" + dir + "': " + ec.message());
-}
-
-std::string option_or_empty(const po::variables_map& vm, const char* name) {
-  return vm.count(name) ? vm[name].as<std::string>() : "";
 }
 
 int run_export(const po::variables_map& vm) {
@@ -270,7 +247,7 @@ int run_export(const po::variables_map& vm) {
     const PeftAdapter adapter = peft_adapter(r, model_arg);
     const std::string weights = (fs::path(dir) / files[1]).string();
     model::save_safetensors(weights, adapter.tensors, {{"format", "pt"}});
-    write_text_atomically((fs::path(dir) / files[0]).string(), adapter.config.dump(2) + "\n");
+    dist::replace_file_atomically(dir, files[0], adapter.config.dump(2) + "\n");
     int64_t values = 0;
     for (const auto& [name, t] : adapter.tensors) values += t.numel();
     log::info("wrote {} ({} tensors, {} values, {}) and {}", weights, adapter.tensors.size(), with_commas(values),

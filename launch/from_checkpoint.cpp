@@ -122,9 +122,7 @@ RestoredModel restore_model(const std::string& checkpoint_path, const Checkpoint
 
   // ---- the method, its fixed indices, the learned values -------------------------------------------
   r.methods = peft::MethodSet::from_options(r.options);
-  std::vector<sparse::EncodedIndices> indices;
-  for (const auto& ix : saved.indices) indices.push_back({ix.name, ix.bytes, ix.count, ix.numel});
-  sparse::restore_indices(r.methods, indices, backbone.config());  // FISH: the stored mask, no Fisher
+  sparse::restore_indices(r.methods, stored_indices(saved.indices), backbone.config());  // FISH: the stored mask, no Fisher
   r.trainables = r.methods.apply(backbone);
 
   std::vector<at::Tensor> frozen;
@@ -144,9 +142,7 @@ RestoredModel restore_model(const std::string& checkpoint_path, const Checkpoint
   expected.backbone = saved.backbone;
   expected.method = r.methods.describe();
   for (const auto& t : r.trainables) expected.trainables.emplace_back(t.name, t.tensor);
-  for (auto& e : sparse::encoded_indices(r.methods)) {
-    expected.indices.push_back({e.name, "deltatune-index-v1", std::move(e.bytes), e.count, e.numel});
-  }
+  expected.indices = checkpoint_indices(r.methods);
   dist::validate_against(saved, expected, checkpoint_path);  // method, names, shapes, dtypes, masks
 
   std::map<std::string, const at::Tensor*> values;

@@ -151,6 +151,10 @@ std::string render_value(const po::variable_value& v) {
 
 }  // namespace
 
+std::string option_or_empty(const po::variables_map& vm, const char* name) {
+  return vm.count(name) ? vm[name].as<std::string>() : "";
+}
+
 std::string render_config(const po::options_description& desc, const po::variables_map& vm) {
   // Section "" holds the undotted options; options that only steer this program (help, config,
   // print-config) are not configuration and are left out.

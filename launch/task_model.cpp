@@ -23,6 +23,20 @@ TaskModel load_task_model(const std::string& model_arg, const std::string& token
   return m;
 }
 
+dist::EncodedDataset load_dev_set(const std::string& data_dir, const dist::TaskInfo& task,
+                                  const model::Tokenizer& tokenizer, const dist::EncodeOptions& encode,
+                                  int64_t max_examples) {
+  auto examples = dist::read_glue(data_dir, task.name, "dev");
+  if (max_examples > 0 && max_examples < static_cast<int64_t>(examples.size())) examples.resize(max_examples);
+  return dist::encode_all(examples, tokenizer, encode);
+}
+
+nlohmann::json eval_record(int64_t step, const Evaluation& e, const dist::TaskInfo& task) {
+  nlohmann::json j = {{"step", step}, {"eval_accuracy", e.metrics.accuracy}, {"eval_count", e.metrics.count}};
+  if (task.metric == dist::MetricKind::Mcc) j["eval_mcc"] = e.metrics.mcc;
+  return j;
+}
+
 Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, const dist::EncodedDataset& dev,
                     int64_t num_labels, int64_t batch_size, comm::Communicator& comm) {
   const auto start = std::chrono::steady_clock::now();
@@ -40,6 +54,20 @@ Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, c
   backbone.set_training(true);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return {dist::gather_metrics(confusion, comm), seconds};
+}
+
+std::vector<dist::SparseIndex> checkpoint_indices(const peft::MethodSet& methods) {
+  std::vector<dist::SparseIndex> out;
+  for (auto& e : sparse::encoded_indices(methods)) {
+    out.push_back({e.name, "deltatune-index-v1", std::move(e.bytes), e.count, e.numel});
+  }
+  return out;
+}
+
+std::vector<sparse::EncodedIndices> stored_indices(const std::vector<dist::SparseIndex>& saved) {
+  std::vector<sparse::EncodedIndices> out;
+  for (const auto& i : saved) out.push_back({i.name, i.bytes, i.count, i.numel});
+  return out;
 }
 
 }  // namespace dt::launch

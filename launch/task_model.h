@@ -2,15 +2,19 @@
 // the dev-set evaluation gathered across ranks.
 #pragma once
 
+#include <nlohmann/json.hpp>
+
 #include <memory>
 #include <string>
 
 #include "comm/communicator.h"
+#include "dist/checkpoint.h"
 #include "dist/glue.h"
 #include "dist/metrics.h"
 #include "model/backbone.h"
 #include "model/tokenizer.h"
 #include "peft/method.h"
+#include "sparse/methods.h"
 
 namespace dt::launch {
 
@@ -28,9 +32,23 @@ struct Evaluation {
   double seconds = 0;
 };
 
+// The dev split of `task` under `data_dir`, its first `max_examples` (0: all), tokenized.
+dist::EncodedDataset load_dev_set(const std::string& data_dir, const dist::TaskInfo& task,
+                                  const model::Tokenizer& tokenizer, const dist::EncodeOptions& encode,
+                                  int64_t max_examples);
+
 // Every rank evaluates its exact shard of `dev` (no padding, no double counting) through the
 // methods' forward; the confusion counts are summed across ranks, so every rank gets the same result.
 Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, const dist::EncodedDataset& dev,
                     int64_t num_labels, int64_t batch_size, comm::Communicator& comm);
+
+// The metrics record of an evaluation at `step` (CLI.md keys: step, eval_accuracy, eval_count, and
+// eval_mcc when the task's metric is Matthews correlation).
+nlohmann::json eval_record(int64_t step, const Evaluation& e, const dist::TaskInfo& task);
+
+// The sparse methods' fixed indices (FISH masks, DSEE supports) as a checkpoint stores them, and a
+// checkpoint's stored indices in the form sparse::restore_indices takes.
+std::vector<dist::SparseIndex> checkpoint_indices(const peft::MethodSet& methods);
+std::vector<sparse::EncodedIndices> stored_indices(const std::vector<dist::SparseIndex>& saved);
 
 }  // namespace dt::launch

@@ -103,11 +103,8 @@ int run_train(const po::variables_map& vm) {
   const auto encode = dist::encode_options_for(config, task.name, vm["train.max-len"].as<int64_t>());
   const auto data_dir = vm["data"].as<std::string>();
   const dist::EncodedDataset train_data = dist::encode_all(dist::read_glue(data_dir, task.name, "train"), *tokenizer, encode);
-  auto dev_examples = dist::read_glue(data_dir, task.name, "dev");
-  if (const auto max = vm["train.eval-max"].as<int64_t>(); max > 0 && max < static_cast<int64_t>(dev_examples.size())) {
-    dev_examples.resize(max);
-  }
-  const dist::EncodedDataset dev_data = dist::encode_all(dev_examples, *tokenizer, encode);
+  const dist::EncodedDataset dev_data =
+      load_dev_set(data_dir, task, *tokenizer, encode, vm["train.eval-max"].as<int64_t>());
   log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", train_data.size(), dev_data.size(),
             task.name, seconds_since(t0));
   const peft::MethodSet methods = peft::MethodSet::from_options(vm);
@@ -136,11 +133,7 @@ int run_train(const po::variables_map& vm) {
     } else if (arg != "auto") {
       point = dist::ResumePoint{arg, dist::read_checkpoint(arg)};
     }
-    if (point) {
-      std::vector<sparse::EncodedIndices> stored;
-      for (const auto& i : point->state.indices) stored.push_back({i.name, i.bytes, i.count, i.numel});
-      sparse::restore_indices(methods, stored, config);
-    }
+    if (point) sparse::restore_indices(methods, stored_indices(point->state.indices), config);
   }
   if (sparse::needs_data(methods)) {
     // FISH without --fish.mask: the Fisher mask is computed now, over training samples sharded
@@ -226,9 +219,7 @@ int run_train(const po::variables_map& vm) {
   identity.config_ini = resolved_config;
   identity.trainables = named_trainables;
   // Sparse methods' fixed indices travel with the values (and a resume refuses another mask).
-  for (auto& e : sparse::encoded_indices(methods)) {
-    identity.indices.push_back({e.name, "deltatune-index-v1", std::move(e.bytes), e.count, e.numel});
-  }
+  identity.indices = checkpoint_indices(methods);
   int64_t first_step = 1;
   if (vm.count("resume")) {
     if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), out_dir, identity)) {
@@ -294,10 +285,7 @@ int run_train(const po::variables_map& vm) {
       const auto carry = fish->refresh(*backbone, fisher_samples(vm["fish.seed"].as<uint64_t>() + step),
                                        train_data.size(), session.cpu_comm());
       optimizer->permute_state("fish.values", carry);
-      identity.indices.clear();
-      for (auto& e : sparse::encoded_indices(methods)) {
-        identity.indices.push_back({e.name, "deltatune-index-v1", std::move(e.bytes), e.count, e.numel});
-      }
+      identity.indices = checkpoint_indices(methods);
     }
 
     // log: the loss averaged over ranks (one float; not counted in bytes_allreduced).
@@ -328,9 +316,7 @@ int run_train(const po::variables_map& vm) {
     if ((eval_every > 0 && step % eval_every == 0) || step == steps) {
       const Evaluation e = evaluate(methods, *backbone, dev_data, task.num_labels, eval_batch, session.cpu_comm());
       if (progress_bar) std::printf("\n");
-      nlohmann::json j = {{"step", step}, {"eval_accuracy", e.metrics.accuracy}, {"eval_count", e.metrics.count}};
-      if (task.metric == dist::MetricKind::Mcc) j["eval_mcc"] = e.metrics.mcc;
-      write_metrics(j);
+      write_metrics(eval_record(step, e, task));
       log::info("eval step {}: dev accuracy {:.4f}{} on {} examples ({:.1f} s)", step, e.metrics.accuracy,
                 task.metric == dist::MetricKind::Mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "",
                 e.metrics.count, e.seconds);

@@ -162,21 +162,6 @@ void restore_indices(const peft::MethodSet& methods, const std::vector<EncodedIn
   }
 }
 
-void verify_indices(const peft::MethodSet& methods, const std::vector<EncodedIndices>& expected) {
-  const auto actual = encoded_indices(methods);
-  std::map<std::string, const EncodedIndices*> want;
-  for (const auto& e : expected) want[e.name] = &e;
-  for (const auto& a : actual) {
-    auto it = want.find(a.name);
-    if (it == want.end()) throw_usage_error("sparse indices of '" + a.name + "' are not in the checkpoint");
-    if (it->second->bytes != a.bytes || it->second->count != a.count || it->second->numel != a.numel) {
-      throw_usage_error("sparse indices of '" + a.name + "' differ from the checkpoint's (another mask or backbone)");
-    }
-    want.erase(it);
-  }
-  if (!want.empty()) throw_usage_error("the checkpoint has sparse indices '" + want.begin()->first + "' that --method does not make");
-}
-
 bool needs_data(const peft::MethodSet& methods) {
   for (const auto& m : methods.methods()) {
     if (auto* fish = dynamic_cast<FishMethod*>(m.get()); fish && fish->needs_data()) return true;

@@ -140,16 +140,14 @@ struct EncodedIndices {
   int64_t numel = 0;
 };
 std::vector<EncodedIndices> encoded_indices(const peft::MethodSet& methods);
-// The inverse, for eval/export from a checkpoint: hands every FISH method of `methods` the mask a
-// checkpoint stored (by the names encoded_indices() gave them), so no Fisher is computed and the
-// values land on the same indices. Call before methods.apply(backbone). DSEE's supports are
-// recomputed from the pretrained weights at attach (deterministic); verify_indices() then compares.
-// Throws dt::UsageError naming a FISH method whose mask is missing or does not fit `config`.
+// The inverse, for eval/export from a checkpoint and for resuming a run whose mask moved: hands every
+// FISH method of `methods` the mask a checkpoint stored (by the names encoded_indices() gave them), so
+// no Fisher is computed and the values land on the same indices. Call before methods.apply(backbone).
+// DSEE's supports are recomputed from the pretrained weights at attach (deterministic); the
+// checkpoint's validation compares them. Throws dt::UsageError naming a FISH method whose mask is
+// missing or does not fit `config`.
 void restore_indices(const peft::MethodSet& methods, const std::vector<EncodedIndices>& indices,
                      const model::ModelConfig& config);
-// After apply(): the set's encoded indices equal `expected` (names, counts and bytes), else a
-// dt::UsageError naming the first tensor that differs (another mask, another backbone).
-void verify_indices(const peft::MethodSet& methods, const std::vector<EncodedIndices>& expected);
 
 // ---- DSEE ----------------------------------------------------------------------------------------
 struct DseeOptions {
