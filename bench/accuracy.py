@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """bench/accuracy.py — SST-2 dev accuracy per method on stories260K, 2 ranks, same step budget, several seeds.
 
   mpirun -np 2 deltatune train --config configs/<m>.ini --train.steps S --train.seed SEED --train.eval-every 0

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """bench/comm_methods.py — bytes per step per method, two ways, and an alpha-beta projection.
 
 Measured (stories260K + SST-2, 2 ranks): every method trains N steps under Open MPI's monitoring PML;

@@ -17,7 +17,7 @@ BENCH = os.path.join(ROOT, "bench")
 RESULTS = os.path.join(BENCH, "results")
 CACHE = os.path.join(BENCH, ".cache")          # ignored: generated weights, masks, scratch files
 BIN = os.environ.get("DELTATUNE", os.path.join(ROOT, "build", "deltatune"))
-PY = "/usr/bin/python3"                         # Debian's python3-torch 1.13 (the same ATen as libtorch)
+PY = sys.executable                           # the project venv (torch 2.11, the same ATen as our libtorch)
 STORIES = "data/stories260K/stories260K.bin"
 TOK = "data/stories260K/tok512.bin"
 T5_TOK = "data/tokenizers/t5-spiece.model"
@@ -203,3 +203,8 @@ def method_options(config):
         for k, v in cp.items(sec):
             out += [f"--{sec}.{k}", v]
     return out
+
+
+def torch_version():
+    """The version of the python side's torch (the venv's), as the tables name it."""
+    return subprocess.check_output([PY, "-c", "import torch; print(torch.__version__)"], text=True).strip()

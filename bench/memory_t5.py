@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """bench/memory_t5.py — peak RSS per rank of each method on a T5-base-shaped model (random init).
 
   mpirun -np 2 --bind-to core rss_wrap.py deltatune train --model t5-base --tokenizer data/tokenizers/t5-spiece.model

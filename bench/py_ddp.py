@@ -1,7 +1,7 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """bench/py_ddp.py — the Python baseline: PyTorch DistributedDataParallel over gloo, one rank per process.
 
-Launch (2 ranks, like ours):  mpirun -np 2 --bind-to core /usr/bin/python3 bench/py_ddp.py --method lora ...
+Launch (2 ranks, like ours):  mpirun -np 2 --bind-to core .venv/bin/python bench/py_ddp.py --method lora ...
 (rank and size from Open MPI's environment; torchrun is broken on this machine).
 
 Same model, data and hyper-parameters as `deltatune train --config configs/<method>.ini`:

@@ -1,10 +1,10 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """bench/python_vs_ours.py — deltatune vs PyTorch DDP (gloo), side by side, 2 ranks, stories260K + SST-2.
 
 Per method (full, lora, fish) and round, both run the same steps back to back under the same mpirun
 binding (--bind-to core, one torch thread per rank):
   ours:   mpirun ... rss_wrap.py deltatune train --config configs/<m>.ini --metrics ... (Open MPI monitoring)
-  python: mpirun ... /usr/bin/python3 bench/py_ddp.py --method <m> (same lr, warm-up, batch, max-len)
+  python: mpirun ... .venv/bin/python bench/py_ddp.py --method <m> (same lr, warm-up, batch, max-len)
 Step time: median over the steps after the first 5 (each side's own clock around one whole step:
 batch, forward, backward + all-reduce, clip, AdamW, the loss all-reduce); the ratio python/ours is
 taken per round and the median over rounds reported. Bytes per step: ours from Open MPI's monitoring
@@ -116,7 +116,7 @@ def main():
         f.write(C.md_table(["method", "ours ms/step (1 rank)", "python ms/step (1 rank)", "python ÷ ours"], rows1))
         f.write("\nStep times are medians after the first 5 steps, one torch thread per rank, `--bind-to core`; the "
                 "ratio is the median over rounds of per-round ratios (each round runs ours and python back to back). "
-                "Python: torch " + "1.13 (Debian python3-torch), `bench/py_ddp.py`; FISH there masks dense gradients "
+                "Python: torch " + C.torch_version() + ", `bench/py_ddp.py`; FISH there masks dense gradients "
                 "after backward, so DDP moves every parameter's gradient.\n\n" + C.machine_note() + "\n")
     log.save()
 

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """bench/rss_wrap.py PREFIX CMD... — run CMD (one MPI rank) and write its peak RSS to PREFIX.<rank>.rss.
 
 The peak is the child's ru_maxrss (Linux: its VmHWM, in KiB), so each rank is measured on its own,

@@ -15,12 +15,13 @@ DELTATUNE=${DELTATUNE:-$PWD/build/deltatune}
 CONFIG=${CONFIG:-configs/main.ini}
 OUT=${OUT:-$PWD/runs/mpirun}
 BACKEND=${BACKEND:-nccl}
+DEVICE=${DEVICE:-cuda}  # cpu for CPU-only nodes (then BACKEND=mpi)
 export HDF5_USE_FILE_LOCKING=FALSE OMP_NUM_THREADS=$THREADS
 mkdir -p "$OUT"
 
 mpirun --hostfile "$HOSTFILE" -np "$NP" --map-by "ppr:$PER_NODE:node:PE=$THREADS" --bind-to core \
   -x HDF5_USE_FILE_LOCKING -x OMP_NUM_THREADS -x PATH -x LD_LIBRARY_PATH \
-  "$DELTATUNE" train --config "$CONFIG" --dist.backend "$BACKEND" --threads "$THREADS" \
+  "$DELTATUNE" train --config "$CONFIG" --device "$DEVICE" --dist.backend "$BACKEND" --threads "$THREADS" \
   --out "$OUT" --resume auto --metrics "$OUT/metrics.jsonl" "$@"
 rc=$?
 [ "$rc" -eq 75 ] && echo "deltatune: preempted after a checkpoint; run again to resume from $OUT"

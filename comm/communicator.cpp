@@ -98,4 +98,27 @@ void check_reduce_scatter_args(const at::Tensor& input, const at::Tensor& output
                n(size) + " × " + n(output.numel()));
 }
 
+std::string describe_gpu_sharing(const std::vector<std::string>& gpu_ids) {
+  std::string without, shared;
+  for (size_t r = 0; r < gpu_ids.size(); ++r) {
+    if (gpu_ids[r].empty()) {
+      without += (without.empty() ? "" : ",") + std::to_string(r);
+      continue;
+    }
+    for (size_t q = 0; q < r; ++q) {
+      if (gpu_ids[q] == gpu_ids[r]) {
+        shared += (shared.empty() ? "" : "; ") + std::string("ranks ") + std::to_string(q) + " and " +
+                  std::to_string(r) + " share GPU " + gpu_ids[r];
+        break;
+      }
+    }
+  }
+  if (!without.empty()) return "rank(s) " + without + " have no GPU";
+  if (!shared.empty()) {
+    return shared + ", and NCCL needs a GPU of its own for every rank (it refuses two ranks on one GPU: "
+                    "\"Duplicate GPU detected\")";
+  }
+  return {};
+}
+
 }  // namespace dt::comm

@@ -276,29 +276,40 @@ class MpiCommunicator final : public Communicator {
   int local_size() const override { return local_size_; }
   std::string backend_name() const override { return "mpi"; }
 
+  // all_reduce and broadcast also take GPU tensors (--device cuda with --dist.backend mpi, e.g. two
+  // ranks sharing one GPU, where NCCL refuses): Open MPI as packaged is not CUDA-aware, so the tensor
+  // is staged through host memory — copied out when the call is made (that waits for the GPU) and
+  // copied back when the work completes. Bytes and counters are those of the tensor itself.
   WorkPtr all_reduce(at::Tensor& tensor, const AllReduceOptions& options) override {
-    check(tensor, "all_reduce tensor");
+    check(tensor, "all_reduce tensor", /*staged=*/true);
     const int n = checked_count(tensor.numel(), "the all_reduce tensor");
-    auto work = std::make_shared<MpiWork>("MPI_Iallreduce", std::vector<at::Tensor>{tensor});
+    at::Tensor host = tensor.is_cpu() ? tensor : tensor.to(at::kCPU);
+    auto work = std::make_shared<MpiWork>("MPI_Iallreduce", std::vector<at::Tensor>{tensor, host});
     mpi_call([&] {
-      CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, tensor.data_ptr(), n, mpi_type(tensor), mpi_sum(tensor),
+      CHECK_MPI(MPI_Iallreduce(MPI_IN_PLACE, host.data_ptr(), n, mpi_type(host), mpi_sum(host),
                                comm_, &work->request));
     });
-    if (options.op == ReduceOp::Average) {
-      work->finish = [t = tensor, s = size_]() mutable { divide_by(t, s); };
+    const bool average = options.op == ReduceOp::Average;
+    if (average || !tensor.is_cpu()) {
+      work->finish = [t = tensor, host, s = size_, average]() mutable {
+        if (average) divide_by(host, s);
+        if (!t.is_cpu()) t.copy_(host);
+      };
     }
     count(Collective::AllReduce, payload(tensor));
     return work;
   }
 
   WorkPtr broadcast(at::Tensor& tensor, const BroadcastOptions& options) override {
-    check(tensor, "broadcast tensor");
+    check(tensor, "broadcast tensor", /*staged=*/true);
     check_broadcast_root(options.root, size_);
     const int n = checked_count(tensor.numel(), "the broadcast tensor");
-    auto work = std::make_shared<MpiWork>("MPI_Ibcast", std::vector<at::Tensor>{tensor});
+    at::Tensor host = tensor.is_cpu() ? tensor : tensor.to(at::kCPU);
+    auto work = std::make_shared<MpiWork>("MPI_Ibcast", std::vector<at::Tensor>{tensor, host});
     mpi_call([&] {
-      CHECK_MPI(MPI_Ibcast(tensor.data_ptr(), n, mpi_type(tensor), options.root, comm_, &work->request));
+      CHECK_MPI(MPI_Ibcast(host.data_ptr(), n, mpi_type(host), options.root, comm_, &work->request));
     });
+    if (!tensor.is_cpu()) work->finish = [t = tensor, host]() mutable { t.copy_(host); };
     count(Collective::Broadcast, payload(tensor));
     return work;
   }
@@ -367,10 +378,10 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
-  static void check(const at::Tensor& t, const char* what) {
+  static void check(const at::Tensor& t, const char* what, bool staged = false) {
     check_tensor(t, "mpi", what);
-    DT_CHECK(t.is_cpu(), std::string("backend mpi does not support ") + t.device().str() + " tensors (" +
-                             what + ")",
+    DT_CHECK(t.is_cpu() || (staged && t.is_cuda()),
+             std::string("backend mpi does not support ") + t.device().str() + " tensors (" + what + ")",
              "use --dist.backend nccl for GPU tensors");
   }
   static uint64_t payload(const at::Tensor& t) { return t.numel() * element_size_bytes(t); }

@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
+#include <unistd.h>
 #include <mpi.h>
 #include <nccl.h>
 #ifdef DELTATUNE_TORCH_CUDA
@@ -275,6 +276,10 @@ class NcclCommunicator final : public Communicator {
     }
     DT_CHECK(failed.empty(), "backend nccl could not select a GPU on rank(s) " + failed,
              "see those ranks' errors; use --dist.backend mpi on machines without GPUs");
+    // NCCL refuses two ranks on one GPU ("Duplicate GPU detected", after a hang on some versions):
+    // say so before ncclCommInitRank, with the way out.
+    const std::string sharing = gpu_sharing_problem(bootstrap, device_);
+    DT_CHECK(sharing.empty(), "backend nccl: " + sharing, "use --dist.backend mpi (or auto), or start one rank per GPU");
 
     // The unique id travels as int64 words, prefixed by rank 0's success flag.
     static_assert(sizeof(ncclUniqueId) % sizeof(int64_t) == 0, "ncclUniqueId is not a multiple of 8 bytes");
@@ -441,5 +446,27 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap, co
 }
 
 bool nccl_available() { return true; }
+
+std::string gpu_sharing_problem(Communicator& bootstrap, int device) {
+  // "host/PCI bus id", padded to a fixed width so that one all_gather carries every rank's.
+  constexpr int64_t kWords = 16;  // 128 bytes
+  std::string id;
+  if (device >= 0) {
+    char host[64] = {};
+    gethostname(host, sizeof(host) - 1);
+    char bus[32] = {};
+    if (cudaDeviceGetPCIBusId(bus, sizeof(bus), device) == cudaSuccess) id = std::string(host) + "/" + bus;
+  }
+  at::Tensor mine = at::zeros({kWords}, at::kLong);
+  std::memcpy(mine.data_ptr<int64_t>(), id.data(), std::min<size_t>(id.size(), kWords * 8 - 1));
+  at::Tensor all = at::zeros({kWords * bootstrap.size()}, at::kLong);
+  bootstrap.all_gather(mine, all)->wait();
+  std::vector<std::string> ids;
+  for (int r = 0; r < bootstrap.size(); ++r) {
+    const char* p = reinterpret_cast<const char*>(all.data_ptr<int64_t>() + r * kWords);
+    ids.emplace_back(p, strnlen(p, kWords * 8));
+  }
+  return describe_gpu_sharing(ids);
+}
 
 }  // namespace dt::comm

@@ -13,6 +13,8 @@
 
 #include <chrono>
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "comm/communicator.h"
 
@@ -29,5 +31,14 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator& bootstrap,
 
 // Whether this binary was built with the NCCL backend.
 bool nccl_available();
+
+// NCCL needs a GPU of its own for every rank: two ranks on one GPU fail in ncclCommInitRank
+// ("Duplicate GPU detected"). Collective over `bootstrap`: every rank passes the CUDA device it will
+// use (-1: none); the result, the same on every rank, is empty when NCCL can run, otherwise why not.
+// GPUs are told apart by host and PCI bus id, so ranks that each see one GPU through
+// CUDA_VISIBLE_DEVICES (srun --gpus-per-task=1) are told apart too.
+std::string gpu_sharing_problem(Communicator& bootstrap, int device);
+// The rule itself, on every rank's "host/bus id" ("" for a rank without a GPU).
+std::string describe_gpu_sharing(const std::vector<std::string>& gpu_ids);
 
 }  // namespace dt::comm

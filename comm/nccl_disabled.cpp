@@ -11,4 +11,6 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, const NcclOp
 
 bool nccl_available() { return false; }
 
+std::string gpu_sharing_problem(Communicator&, int) { return "this deltatune was built without NCCL"; }
+
 }  // namespace dt::comm

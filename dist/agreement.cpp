@@ -85,12 +85,10 @@ uint64_t hash_tensors(const std::vector<at::Tensor>& tensors) {
   WordHasher hasher;
   for (const at::Tensor& t : tensors) {
     DT_CHECK(t.defined(), "hash_tensors: undefined tensor");
-    DT_CHECK(t.device().is_cpu(),
-             fmt::format("hash_tensors: tensor on {}, expected the CPU", t.device().str()));
     hasher.word(static_cast<uint64_t>(t.scalar_type()));
     hasher.word(static_cast<uint64_t>(t.dim()));
     for (int64_t d : t.sizes()) hasher.word(static_cast<uint64_t>(d));
-    const at::Tensor c = t.contiguous();
+    const at::Tensor c = t.to(at::kCPU).contiguous();  // a GPU tensor is hashed through a host copy
     hasher.bytes(static_cast<const unsigned char*>(c.data_ptr()), c.numel() * c.element_size());
   }
   return avalanche(hasher.h);

@@ -2,7 +2,9 @@
 // state capture/apply, collective save and resume, preemption flags, and SHA-256 of weights files.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/core/grad_mode.h>
+#include <ATen/Context.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/GradMode.h>
 
 #include <csignal>
 #include <cstring>
@@ -10,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 
 #include "dist/checkpoint.h"
 #include "util/error.h"
@@ -21,20 +24,56 @@ namespace dt::dist {
 
 // ---- state capture and restore -----------------------------------------------------------------
 
-std::vector<uint8_t> capture_rng_state() {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
+namespace {
+
+// The default CUDA generator of this rank's current GPU when the process uses one (dropout on the GPU
+// draws from it). Asking never creates a CUDA context: a CPU run on a GPU machine stays off the GPU.
+std::optional<at::Generator> cuda_generator() {
+  const auto& hooks = at::detail::getCUDAHooks();
+  if (!hooks.hasCUDA()) return std::nullopt;
+  const c10::DeviceIndex d = hooks.current_device();
+  if (d < 0 || !hooks.hasPrimaryContext(d)) return std::nullopt;
+  return at::globalContext().defaultGenerator(c10::Device(c10::kCUDA, d));
+}
+
+std::vector<uint8_t> generator_state(at::Generator gen) {
   std::lock_guard<std::mutex> lock(gen.mutex());
   const at::Tensor state = gen.get_state().contiguous();
   const auto* p = state.data_ptr<uint8_t>();
   return std::vector<uint8_t>(p, p + state.numel());
 }
 
-void restore_rng_state(const std::vector<uint8_t>& bytes) {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
+void set_generator_state(at::Generator gen, const uint8_t* bytes, size_t n) {
   std::lock_guard<std::mutex> lock(gen.mutex());
-  at::Tensor state = at::empty({static_cast<int64_t>(bytes.size())}, at::kByte);
-  std::memcpy(state.data_ptr<uint8_t>(), bytes.data(), bytes.size());
+  at::Tensor state = at::empty({static_cast<int64_t>(n)}, at::kByte);
+  std::memcpy(state.data_ptr<uint8_t>(), bytes, n);
   gen.set_state(state);
+}
+
+constexpr char kCudaTag[4] = {'C', 'U', 'D', 'A'};
+
+}  // namespace
+
+// The CPU generator's state, then, on a GPU rank, "CUDA" and the GPU generator's state (older
+// checkpoints hold the CPU part alone).
+std::vector<uint8_t> capture_rng_state() {
+  std::vector<uint8_t> bytes = generator_state(at::detail::getDefaultCPUGenerator());
+  if (auto gen = cuda_generator()) {
+    const auto cuda = generator_state(*gen);
+    bytes.insert(bytes.end(), kCudaTag, kCudaTag + 4);
+    bytes.insert(bytes.end(), cuda.begin(), cuda.end());
+  }
+  return bytes;
+}
+
+void restore_rng_state(const std::vector<uint8_t>& bytes) {
+  at::Generator cpu = at::detail::getDefaultCPUGenerator();
+  const size_t cpu_size = generator_state(cpu).size();
+  const size_t n = std::min(bytes.size(), cpu_size);
+  set_generator_state(cpu, bytes.data(), n);
+  if (bytes.size() > cpu_size + 4 && std::memcmp(bytes.data() + cpu_size, kCudaTag, 4) == 0) {
+    if (auto gen = cuda_generator()) set_generator_state(*gen, bytes.data() + cpu_size + 4, bytes.size() - cpu_size - 4);
+  }
 }
 
 namespace {
@@ -110,7 +149,7 @@ void apply_training_state(const CheckpointState& state, const NamedTensors& trai
   std::map<std::string, const at::Tensor*> saved;
   for (const auto& [name, t] : state.trainables) saved[name] = &t;
   {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (const auto& [name, t] : trainables) {
       auto it = saved.find(name);
       DT_CHECK(it != saved.end(), "checkpoint has no trainable tensor '" + name + "' (validate_against first)");

@@ -340,9 +340,9 @@ EncodedDataset encode_all(const std::vector<Example>& examples, const model::Tok
   return data;
 }
 
-model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& indices) {
+model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& indices, int64_t pad_to) {
   DT_CHECK(!indices.empty(), "collate: empty batch");
-  int64_t longest = 0;
+  int64_t longest = std::max<int64_t>(0, pad_to);
   for (int64_t i : indices) {
     DT_CHECK(i >= 0 && i < data.size(), "collate: index " + std::to_string(i) +
                                             " outside a dataset of " + std::to_string(data.size()));

@@ -100,8 +100,9 @@ EncodedDataset encode_all(const std::vector<Example>& examples, const model::Tok
                           const EncodeOptions& options);
 
 // Rows `indices` of `data` as a batch: input_ids and attention_mask [B, T] (right-padded with
-// data.pad_id to the longest row of this batch), labels [B] class ids. CPU tensors.
-model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& indices);
+// data.pad_id to the longest row of this batch, or to `pad_to` tokens if that is longer), labels [B]
+// class ids. CPU tensors.
+model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& indices, int64_t pad_to = 0);
 
 // The token ids of each label word followed by EOS (T5 decoder targets), indexed by label id.
 std::vector<std::vector<int64_t>> label_word_ids(const TaskInfo& task,

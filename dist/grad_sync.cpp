@@ -1,3 +1,4 @@
+#include <c10/core/GradMode.h>
 #include "dist/grad_sync.h"
 
 #include <ATen/ATen.h>
@@ -149,7 +150,7 @@ GradSync::GradSync(comm::Communicator& comm, std::vector<std::pair<std::string, 
   bucket_of_.assign(params_.size(), kNoBucket);
   slot_of_.assign(params_.size(), 0);
   param_ready_.assign(params_.size(), 0);
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   buckets_.resize(specs_.size());
   for (size_t b = 0; b < specs_.size(); ++b) {
     const BucketSpec& spec = specs_[b];
@@ -217,7 +218,7 @@ void GradSync::on_grad_ready(size_t i) {
                 "copying it in (slower; do not set gradients to None between steps)",
                 params_[i].first);
     ++grad_copies_;
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     if (p.grad().defined())
       view.copy_(p.grad());
     else
@@ -299,11 +300,14 @@ void GradSync::finish() {
 std::string GradSync::agree_finite() {
   // Every rank contributes (first bad parameter or -1, number of bad parameters); every rank then
   // raises the same error, so nobody waits for a collective that a failed rank never issues.
+  // NCCL takes GPU tensors only (MPI stages all-reduces only: host tensors there).
   at::Tensor mine = at::empty({2}, at::kLong);
   mine[0] = nonfinite_.empty() ? int64_t{-1} : static_cast<int64_t>(nonfinite_.front());
   mine[1] = static_cast<int64_t>(nonfinite_.size());
-  at::Tensor all = at::empty({2 * comm_.size()}, at::kLong);
+  if (comm_.backend_name() == "nccl") mine = mine.to(params_.front().second.device());
+  at::Tensor all = at::empty({2 * comm_.size()}, mine.options());
   comm_.all_gather(mine, all)->wait();
+  all = all.to(at::kCPU);
   std::string ranks;
   for (int r = 0; r < comm_.size(); ++r) {
     const int64_t first = all[2 * r].item<int64_t>();
@@ -335,7 +339,7 @@ void GradSync::reset_step() {
 void GradSync::zero_grad() {
   DT_CHECK(next_launch_ == 0,
            "GradSync::zero_grad() while buckets are in flight", "call finish() first");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (Bucket& b : buckets_) {
     b.buffer.zero_();
     for (size_t s = 0; s < b.params.size(); ++s) {

@@ -2,7 +2,7 @@
 #include "dist/optim.h"
 
 #include <ATen/TensorOperators.h>
-#include <ATen/core/grad_mode.h>
+#include <c10/core/GradMode.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/stack.h>
@@ -35,7 +35,7 @@ at::Tensor& Optimizer::ParamState::slot(const std::string& name) {
 }
 
 void Optimizer::step(double lr) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     at::Tensor& p = params_[i].second;
     const at::Tensor& g = p.grad();
@@ -77,7 +77,7 @@ void Optimizer::permute_state(const std::string& param, const std::vector<int64_
       from.push_back(carry[p]);
     }
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     if (params_[i].first != param) continue;
     DT_CHECK(params_[i].second.numel() == static_cast<int64_t>(carry.size()),
@@ -86,7 +86,10 @@ void Optimizer::permute_state(const std::string& param, const std::vector<int64_
       if (t.sizes() != params_[i].second.sizes()) continue;  // e.g. Adafactor's factored rows/columns
       const at::Tensor old = t.clone();
       t.zero_();
-      if (!to.empty()) t.index_put_({at::tensor(to, at::kLong)}, old.index_select(0, at::tensor(from, at::kLong)));
+      if (!to.empty()) {
+        t.index_put_({at::tensor(to, at::kLong).to(t.device())},
+                     old.index_select(0, at::tensor(from, at::kLong).to(t.device())));
+      }
     }
     return;
   }
@@ -104,7 +107,7 @@ void Optimizer::set_state(const NamedTensors& saved) {
       throw_usage_error("optimizer state '" + name + "' matches no trainable parameter of " +
                         this->name() + " (was the checkpoint written with another method?)");
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     const std::string& name = params_[i].first;
     auto it = by_name.find(name + ".step");
@@ -242,7 +245,7 @@ double LrSchedule::lr(int64_t step) const {
 // ---- clipping ----------------------------------------------------------------------------------
 
 double clip_grad_norm(const NamedTensors& params, double max_norm) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   // Per-tensor norms on the gradients' device, then one norm of norms: a single host sync.
   std::vector<at::Tensor> norms;
   for (const auto& [name, p] : params) {

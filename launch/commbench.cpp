@@ -311,7 +311,13 @@ int run_commbench(const po::variables_map& vm) {
   session_options.backend = backend;
   session_options.log_all_ranks = vm["log-all-ranks"].as<bool>();
   session_options.threads = vm["threads"].as<int>();
-  session_options.want_cuda = backend == "nccl" || (backend == "auto" && at::hasCUDA());
+  // NCCL moves GPU buffers: the benchmark's tensors live on this rank's GPU when it may be used
+  // (with auto, the session still picks MPI where ranks share a GPU; the buffers then stay on the host).
+  if (backend == "nccl" && !at::hasCUDA()) {
+    throw_usage_error("commbench --dist.backend nccl: no GPU is visible to this process (check nvidia-smi and "
+                      "CUDA_VISIBLE_DEVICES), or use --dist.backend mpi");
+  }
+  session_options.device = backend == "nccl" || (backend == "auto" && at::hasCUDA()) ? "cuda" : "cpu";
   Session session(session_options);
   comm::Communicator& comm = session.comm();
   // Our own MPI communicator for barriers and statistics, so that comm's counters hold the benchmark's
@@ -319,12 +325,7 @@ int run_commbench(const po::variables_map& vm) {
   const auto cpu_owned = comm::make_mpi_communicator();
   comm::Communicator& cpu = *cpu_owned;
   const int n = comm.size(), rank = comm.rank();
-  at::Device device(at::kCPU);
-  if (comm.backend_name() == "nccl") {
-    DT_CHECK(at::hasCUDA(), "commbench --dist.backend nccl needs a libtorch built with CUDA; this one is CPU-only",
-             "configure deltatune with -DTorch_DIR=<a CUDA libtorch>, or use --dist.backend mpi");
-    device = at::Device(at::kCUDA, static_cast<int8_t>(comm.local_rank() % at::getNumGPUs()));
-  }
+  const at::Device device = comm.backend_name() == "nccl" ? session.device() : at::Device(at::kCPU);
 
   // ---- header ------------------------------------------------------------------------------------
   int hosts = 0;

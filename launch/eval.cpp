@@ -15,6 +15,7 @@
 #include "launch/from_checkpoint.h"
 #include "launch/session.h"
 #include "launch/task_model.h"
+#include "model/device.h"
 #include "util/error.h"
 #include "util/log.h"
 
@@ -24,9 +25,10 @@ namespace {
 int run_eval(const po::variables_map& vm) {
   if (!vm.count("checkpoint")) throw_usage_error("deltatune eval: give a checkpoint (file or train's --out directory)");
   SessionOptions session_options;
-  session_options.backend = "mpi";  // evaluation is a few CPU-side all-reduces
+  session_options.backend = "mpi";  // evaluation is a few all-reduces of confusion counts
   session_options.log_all_ranks = vm["log-all-ranks"].as<bool>();
   session_options.threads = vm["threads"].as<int>();
+  session_options.device = vm["device"].as<std::string>();
   Session session(session_options);
   comm::Communicator& comm = session.cpu_comm();
 
@@ -38,6 +40,10 @@ int run_eval(const po::variables_map& vm) {
   overrides.task = option_or_empty(vm, "task");
   RestoredModel r = restore_model(path, overrides, /*check_identity=*/comm.rank() == 0);
   const dist::TaskInfo& task = *r.task;
+  // Restored on the host; the forward runs on --device (the frozen weights in the training dtype).
+  model::backbone_to(*r.model.backbone, session.device(),
+                     model::frozen_dtype(r.options["train.dtype"].as<std::string>()));
+  r.methods.to(session.device(), r.trainables);
   log::info("eval {}: step {}, method {}, {} rank(s)", path, r.state.step, r.state.method, comm.size());
 
   // ---- the dev set as train read it ----------------------------------------------------------------
@@ -93,6 +99,7 @@ Subcommand eval_subcommand() {
         ("tokenizer", po::value<std::string>(), "tokenizer file (default: the checkpoint's)")
         ("data", po::value<std::string>(), "GLUE data directory (default: the checkpoint's)")
         ("task", po::value<std::string>(), "must be the checkpoint's task (default: it); another is refused")
+        ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda | auto: where the forward runs")
         ("eval.batch-size", po::value<int64_t>()->default_value(0),
          "examples per rank per batch (0: the checkpoint's --train.eval-batch-size)")
         ("eval.max", po::value<int64_t>()->default_value(-1),

@@ -1,4 +1,5 @@
 // launch/from_checkpoint.cpp — see from_checkpoint.h.
+#include <c10/core/GradMode.h>
 #include "launch/from_checkpoint.h"
 
 #include <torch/torch.h>
@@ -147,7 +148,7 @@ RestoredModel restore_model(const std::string& checkpoint_path, const Checkpoint
 
   std::map<std::string, const at::Tensor*> values;
   for (const auto& [name, t] : saved.trainables) values[name] = &t;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (const auto& t : r.trainables) t.tensor.copy_(*values.at(t.name));
   return r;
 }

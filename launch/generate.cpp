@@ -5,6 +5,7 @@
 // run.c's xorshift sampler with --seed, top-p with --topp), stopping when BOS comes out or after
 // --steps positions. stdout carries only the text (prompt included, as run.c prints it), streamed
 // as it is produced; the statistics go to stderr, so `generate > story.txt` is just the story.
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <boost/program_options.hpp>
 
@@ -15,7 +16,9 @@
 #include <iostream>
 
 #include "launch/cli.h"
+#include "launch/session.h"
 #include "model/config.h"
+#include "model/device.h"
 #include "model/llama.h"
 #include "model/load.h"
 #include "model/tokenizer.h"
@@ -56,6 +59,9 @@ int run_generate(const po::variables_map& vm) {
   if (llama == nullptr)
     throw_usage_error("generate needs a decoder-only (Llama) model; '" + model_path +
                       "' is an encoder or encoder-decoder");
+  // One process: the first GPU with --device cuda (auto: when there is one); sampling stays on the host.
+  model::backbone_to(*backbone, resolve_device(vm["device"].as<std::string>(), /*local_rank=*/0,
+                                               at::hasCUDA() ? static_cast<int>(at::getNumGPUs()) : 0));
   auto tokenizer = model::load_tokenizer(vm["tokenizer"].as<std::string>());
   if (tokenizer->vocab_size() != llama->config().vocab_size)
     throw_usage_error("tokenizer '" + vm["tokenizer"].as<std::string>() + "' has " +

@@ -16,6 +16,7 @@
 #include "dist/sampler.h"
 #include "launch/cli.h"
 #include "launch/session.h"
+#include "model/device.h"
 #include "model/load.h"
 #include "model/t5.h"
 #include "model/tokenizer.h"
@@ -38,6 +39,7 @@ int run_mask(const po::variables_map& vm) {
   session_options.backend = "mpi";
   session_options.log_all_ranks = vm["log-all-ranks"].as<bool>();
   session_options.threads = vm["threads"].as<int>();
+  session_options.device = vm["device"].as<std::string>();
   Session session(session_options);
   comm::Communicator& comm = session.cpu_comm();
   const auto start = std::chrono::steady_clock::now();
@@ -52,6 +54,8 @@ int run_mask(const po::variables_map& vm) {
     for (const auto& ids : dist::label_word_ids(task, *tokenizer)) first_tokens.push_back(ids.at(0));
     dynamic_cast<model::T5Backbone&>(*backbone).set_label_token_ids(first_tokens);
   }
+  // The Fisher pass runs where training will (--device, --train.dtype), as train's own does.
+  model::backbone_to(*backbone, session.device(), model::frozen_dtype(vm["train.dtype"].as<std::string>()));
   const dist::EncodedDataset data = dist::encode_all(
       dist::read_glue(vm["data"].as<std::string>(), task.name, "train"), *tokenizer,
       dist::encode_options_for(backbone->config(), task.name, vm["train.max-len"].as<int64_t>()));

@@ -23,7 +23,8 @@ void add_common_options(po::options_description& desc) {
       ("print-config", "print the resolved configuration (INI) and exit")
       ("log-all-ranks", po::bool_switch(), "log from every rank, not only rank 0")
       ("threads", po::value<int>()->default_value(0),
-       "torch threads per rank; 0: the node's cores divided by its local ranks");
+       "torch threads per rank; 0: the node's cores divided by its local ranks, at most the cores the rank is "
+       "bound to (mpirun binds to a core by default) and 4 with --device cuda");
 }
 
 void add_model_options(po::options_description& desc) {
@@ -35,7 +36,9 @@ void add_model_options(po::options_description& desc) {
        "tokenizer file: SentencePiece .model, WordPiece vocab .txt, llama2.c .bin")
       ("task", po::value<std::string>()->default_value("sst2"), "GLUE task: sst2 | cola | rte")
       ("data", po::value<std::string>()->default_value("data/glue"),
-       "directory holding the GLUE task folders (SST-2/, CoLA/, RTE/)");
+       "directory holding the GLUE task folders (SST-2/, CoLA/, RTE/)")
+      ("device", po::value<std::string>()->default_value("cpu"),
+       "cpu | cuda | auto (auto: cuda when torch sees a GPU); on cuda each local rank takes GPU local_rank % count");
 }
 
 void add_method_options(po::options_description& desc) {
@@ -55,13 +58,15 @@ void add_train_options(po::options_description& desc) {
       ("train.accum", po::value<int64_t>()->default_value(1), "micro-steps per optimizer step (communicates on the last)")
       ("train.lr", po::value<double>()->default_value(1e-3), "peak learning rate")
       ("train.seed", po::value<uint64_t>()->default_value(42), "seed of initialization, shuffling and dropout")
-      ("train.eval-every", po::value<int64_t>()->default_value(0), "evaluate on the dev set every N steps (0: at the end only)");
+      ("train.eval-every", po::value<int64_t>()->default_value(0), "evaluate on the dev set every N steps (0: at the end only)")
+      ("train.dtype", po::value<std::string>()->default_value("fp32"),
+       "fp32 | bf16: the frozen backbone's compute dtype (bf16 for big T5 on a GPU; norms, softmax and loss stay fp32)");
 }
 
 void add_dist_options(po::options_description& desc) {
   desc.add_options()
       ("dist.backend", po::value<std::string>()->default_value("auto"),
-       "auto | mpi | nccl (auto: NCCL for CUDA tensors when built with it, MPI otherwise)")
+       "auto | mpi | nccl (auto: NCCL when every rank's tensors are on a GPU of its own, MPI otherwise)")
       ("dist.bucket-mb", po::value<double>()->default_value(25.0), "gradient bucket cap in MiB (the first bucket is 1 MiB)")
       ("dist.compress", po::value<std::string>()->default_value("none"), "none | bf16 | fp16: gradient wire format");
 }

@@ -8,6 +8,8 @@
 // do not oversubscribe the cores.
 #pragma once
 
+#include <c10/core/Device.h>
+
 #include <functional>
 #include <memory>
 #include <optional>
@@ -24,9 +26,18 @@ namespace dt::launch {
 struct SessionOptions {
   std::string backend = "auto";  // auto|mpi|nccl
   bool log_all_ranks = false;
-  int threads = 0;  // torch intra-op threads per rank; 0: cores of the node / local ranks
-  bool want_cuda = false;  // whether the subcommand's tensors will live on a GPU
+  int threads = 0;  // torch intra-op threads per rank; 0: the node's cores / local ranks, at most the
+                    // cores the rank is bound to (and kMaxThreadsOnGpu on a GPU)
+  // Where the subcommand's tensors live: cpu | cuda | auto (cuda when torch sees a GPU). On cuda each
+  // local rank takes GPU local_rank % device_count (CUDA_VISIBLE_DEVICES honoured).
+  std::string device = "cpu";
 };
+
+// The device `spec` (cpu|cuda|auto) names for a rank with `local_rank`, given `gpus` visible GPUs.
+// --device cuda with no GPU is a UsageError (one line, exit 2).
+c10::Device resolve_device(const std::string& spec, int local_rank, int gpus);
+// --dist.backend auto picks NCCL when this binary has it and every rank has a GPU of its own
+// (comm::gpu_sharing_problem), MPI otherwise: ranks sharing a GPU all-reduce through host memory.
 
 // MPI stays initialized until shutdown_mpi(), which main() calls after the subcommand returned or
 // its error was printed: after an error (exit_code 1 or 2) in a multi-rank job it calls MPI_Abort
@@ -43,12 +54,14 @@ class Session {
   int rank() const { return mpi_comm_->rank(); }
   int size() const { return mpi_comm_->size(); }
   int threads() const { return threads_; }
+  c10::Device device() const { return device_; }
 
  private:
   std::unique_ptr<comm::Communicator> mpi_comm_;
   std::unique_ptr<comm::Communicator> nccl_comm_;
   comm::Communicator* comm_ = nullptr;
   int threads_ = 1;
+  c10::Device device_ = c10::Device(c10::kCPU);
 };
 
 // The launcher's view of this process, from the environment (absent variables stay empty).
@@ -61,7 +74,11 @@ std::vector<LauncherEnv> read_launcher_env(const EnvGetter& getenv_fn);
 // Empty when consistent; otherwise one line naming the variable, its value and MPI's.
 std::string check_launcher_env(const std::vector<LauncherEnv>& envs, int rank, int size,
                                int local_rank);
-// Threads per rank so that local ranks share the node's cores: max(1, cores / local_size).
-int default_threads(int cores, int local_size);
+// Threads per rank so that local ranks share the node's cores: max(1, cores / local_size), and on a
+// GPU at most kMaxThreadsOnGpu: the host only launches kernels and collates batches there.
+constexpr int kMaxThreadsOnGpu = 4;
+int default_threads(int cores, int local_size, bool on_gpu = false);
+// The cores this process may run on (its CPU affinity: one when mpirun bound it to a core).
+int usable_cores();
 
 }  // namespace dt::launch

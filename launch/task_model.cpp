@@ -1,11 +1,14 @@
 // launch/task_model.cpp — see task_model.h.
 #include "launch/task_model.h"
 
+#include <c10/core/GradMode.h>
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <chrono>
 
+#include "model/device.h"
 #include "model/load.h"
 #include "dist/sampler.h"
 #include "model/t5.h"
@@ -40,20 +43,22 @@ nlohmann::json eval_record(int64_t step, const Evaluation& e, const dist::TaskIn
 Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, const dist::EncodedDataset& dev,
                     int64_t num_labels, int64_t batch_size, comm::Communicator& comm) {
   const auto start = std::chrono::steady_clock::now();
-  at::NoGradGuard no_grad;
+  const c10::Device device = model::backbone_device(backbone);
+  c10::NoGradGuard no_grad;
   backbone.set_training(false);
   const auto shard = dist::shard_indices(dev.size(), comm.rank(), comm.size());
   dist::Confusion confusion(num_labels);
   for (size_t begin = 0; begin < shard.size(); begin += batch_size) {
     const std::vector<int64_t> idx(shard.begin() + begin,
                                    shard.begin() + std::min(shard.size(), begin + batch_size));
-    model::Batch batch = dist::collate(dev, idx);
-    const auto out = methods.forward(backbone, batch);
-    confusion.add(batch.labels, out.logits.argmax(-1));
+    const model::Batch batch = dist::collate(dev, idx);
+    const auto out = methods.forward(backbone, model::batch_to(batch, device));
+    confusion.add(batch.labels, out.logits.argmax(-1).to(at::kCPU));
   }
   backbone.set_training(true);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return {dist::gather_metrics(confusion, comm), seconds};
+  // The confusion counts travel over the training communicator, on the device it reduces.
+  return {dist::gather_metrics(confusion, comm, device), seconds};
 }
 
 std::vector<dist::SparseIndex> checkpoint_indices(const peft::MethodSet& methods) {

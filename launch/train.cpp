@@ -27,6 +27,7 @@
 #include "launch/cli.h"
 #include "launch/session.h"
 #include "launch/task_model.h"
+#include "model/device.h"
 #include "model/load.h"
 #include "peft/method.h"
 #include "sparse/methods.h"
@@ -49,6 +50,8 @@ void add_train_only_options(po::options_description& desc) {
       ("train.schedule", po::value<std::string>()->default_value("linear"), "linear | cosine | constant (after warmup)")
       ("train.warmup-steps", po::value<int64_t>()->default_value(0), "linear warmup steps")
       ("train.clip", po::value<double>()->default_value(1.0), "clip the global gradient L2 norm (0: off)")
+      ("train.pad-to", po::value<int64_t>()->default_value(0),
+       "pad every training batch to N tokens (0: to its longest row); fixed shapes for benchmarks and GPUs")
       ("dist.check-finite", po::bool_switch(), "check gradients for NaN/Inf before all-reduce (names rank and tensor)");
 }
 
@@ -71,17 +74,20 @@ int run_train(const po::variables_map& vm) {
   session_options.backend = vm["dist.backend"].as<std::string>();
   session_options.log_all_ranks = vm["log-all-ranks"].as<bool>();
   session_options.threads = vm["threads"].as<int>();
+  session_options.device = vm["device"].as<std::string>();
   Session session(session_options);
+  const c10::Device device = session.device();
   comm::Communicator& comm = session.comm();
   const int rank = comm.rank(), world = comm.size();
 
   po::options_description desc;
   train_subcommand().add_options(desc);
   const std::string resolved_config = render_config(desc, vm);
-  log::info("deltatune train: {} ranks, backend {}, {} torch thread(s) per rank", world, comm.backend_name(),
-            session.threads());
+  log::info("deltatune train: {} ranks, backend {}, device {}, {} torch thread(s) per rank", world,
+            comm.backend_name(), device.str(), session.threads());
   log::info("resolved config:\n{}", resolved_config);
 
+  const auto frozen_dtype = model::frozen_dtype(vm["train.dtype"].as<std::string>());  // before any loading
   const auto seed = vm["train.seed"].as<uint64_t>();
   const auto steps = vm["train.steps"].as<int64_t>();
   const auto batch_size = vm["train.batch-size"].as<int64_t>();
@@ -98,6 +104,13 @@ int run_train(const po::variables_map& vm) {
   auto& backbone = task_model.backbone;
   auto& tokenizer = task_model.tokenizer;
   const model::ModelConfig& config = backbone->config();
+  // The frozen weights go to this rank's device once (mapped from the file, then copied), cast to
+  // --train.dtype bf16 if asked; the Fisher pass and the methods' set-up then run where they will train.
+  if (frozen_dtype && config.arch != model::Arch::T5) {
+    throw_usage_error("--train.dtype bf16 is implemented for T5 backbones (norms, softmax and loss in fp32); "
+                      "use fp32 for " + config.name);
+  }
+  model::backbone_to(*backbone, device, frozen_dtype);
   // ---- data: every rank reads and tokenizes; the sampler gives each its shard ----------------------
   auto t0 = Clock::now();
   const auto encode = dist::encode_options_for(config, task.name, vm["train.max-len"].as<int64_t>());
@@ -138,10 +151,10 @@ int run_train(const po::variables_map& vm) {
   if (sparse::needs_data(methods)) {
     // FISH without --fish.mask: the Fisher mask is computed now, over training samples sharded
     // across ranks (the same computation as `deltatune mask`), before the method attaches.
-    sparse::prepare_fish(methods, *backbone, fisher_samples(vm["fish.seed"].as<uint64_t>()), train_data.size(),
-                         session.cpu_comm());
+    sparse::prepare_fish(methods, *backbone, fisher_samples(vm["fish.seed"].as<uint64_t>()), train_data.size(), comm);
   }
   const std::vector<peft::Trainable> trainables = methods.apply(*backbone);
+  methods.to(device, trainables);  // created on the host (same initial values on any device), moved once
   int64_t trainable_params = 0, backbone_params = 0;
   for (const auto& t : trainables) trainable_params += t.tensor.numel();
   std::vector<at::Tensor> frozen;
@@ -252,22 +265,26 @@ int run_train(const po::variables_map& vm) {
   // so under a launcher (and in batch logs) plain lines are written instead.
   const bool progress_bar = rank == 0 && isatty(STDOUT_FILENO) && isatty(STDERR_FILENO);
   const int64_t eval_batch = vm["train.eval-batch-size"].as<int64_t>();
+  const int64_t pad_to = vm["train.pad-to"].as<int64_t>();
 
   // ---- the loop ---------------------------------------------------------------------------------
   backbone->set_training(true);
   double last_loss = 0;
+  model::reset_device_peak(device);
   for (int64_t step = first_step; step <= steps; ++step) {
     const auto step_start = Clock::now();
     // forward + backward; GradSync all-reduces buckets as their gradients become ready, on the last
-    // micro-step only (earlier ones accumulate locally).
-    double loss_sum = 0;
+    // micro-step only (earlier ones accumulate locally). The loss stays on the device until the step
+    // is queued: reading it is the step's one host sync.
+    at::Tensor loss_sum;
     for (int64_t micro = 0; micro < accum; ++micro) {
-      model::Batch batch = dist::collate(train_data, sampler.next_batch(batch_size));
+      model::Batch batch = model::batch_to(
+          dist::collate(train_data, sampler.next_batch(batch_size), pad_to), device);
       grad_sync.set_sync(micro == accum - 1);
       auto out = methods.forward(*backbone, batch);
       auto loss = out.loss / static_cast<double>(accum);
       loss.backward();
-      loss_sum += loss.item<double>();
+      loss_sum = loss_sum.defined() ? loss_sum + loss.detach() : loss.detach();
     }
     grad_sync.finish();
     const dist::GradSyncStats stats = grad_sync.last_stats();
@@ -283,7 +300,7 @@ int run_train(const po::variables_map& vm) {
     for (auto* fish : refreshed_fish) {
       if (step % fish->options().refresh_every != 0 || step == steps) continue;
       const auto carry = fish->refresh(*backbone, fisher_samples(vm["fish.seed"].as<uint64_t>() + step),
-                                       train_data.size(), session.cpu_comm());
+                                       train_data.size(), comm);
       optimizer->permute_state("fish.values", carry);
       identity.indices = checkpoint_indices(methods);
     }
@@ -291,15 +308,18 @@ int run_train(const po::variables_map& vm) {
     // log: the loss averaged over ranks (one float; not counted in bytes_allreduced).
     // The preemption flag rides on the loss all-reduce: > 0 when any rank got SIGUSR1/SIGTERM.
     at::Tensor loss_all = at::zeros({2}, at::kDouble);
-    loss_all[0] = loss_sum;
+    loss_all[0] = loss_sum.item<double>();
     loss_all[1] = dist::preemption_requested() ? 1.0 : 0.0;
     session.cpu_comm().all_reduce(loss_all, {comm::ReduceOp::Average})->wait();
     last_loss = loss_all[0].item<double>();
     const bool preempted = loss_all[1].item<double>() > 0;
     const double step_time = seconds_since(step_start);
-    write_metrics({{"step", step}, {"loss", last_loss}, {"lr", lr}, {"step_time_s", step_time},
-                   {"bytes_allreduced", stats.bytes}, {"collectives", stats.collectives},
-                   {"exposed_comm_s", stats.exposed_comm_s}, {"grad_norm", grad_norm}});
+    nlohmann::json record = {{"step", step}, {"loss", last_loss}, {"lr", lr}, {"step_time_s", step_time},
+                             {"bytes_allreduced", stats.bytes}, {"collectives", stats.collectives},
+                             {"exposed_comm_s", stats.exposed_comm_s}, {"grad_norm", grad_norm}};
+    // The most GPU memory the caching allocator held since training began (weights included).
+    if (device.is_cuda()) record["device_peak_bytes"] = model::device_peak_bytes(device);
+    write_metrics(record);
     if (progress_bar) {
       const int width = 30, done = static_cast<int>(width * step / steps);
       std::printf("\r[%.*s%*s] step %lld/%lld loss %.4f lr %.2e %.0f ms", done,
@@ -314,7 +334,7 @@ int run_train(const po::variables_map& vm) {
 
     // eval at intervals and at the end.
     if ((eval_every > 0 && step % eval_every == 0) || step == steps) {
-      const Evaluation e = evaluate(methods, *backbone, dev_data, task.num_labels, eval_batch, session.cpu_comm());
+      const Evaluation e = evaluate(methods, *backbone, dev_data, task.num_labels, eval_batch, comm);
       if (progress_bar) std::printf("\n");
       write_metrics(eval_record(step, e, task));
       log::info("eval step {}: dev accuracy {:.4f}{} on {} examples ({:.1f} s)", step, e.metrics.accuracy,

@@ -1,4 +1,5 @@
 // model/llama.cpp — the Llama decoder, its KV-cache step and run.c's sampler (see llama.h).
+#include <c10/core/GradMode.h>
 #include "model/llama.h"
 
 #include <ATen/ATen.h>
@@ -26,7 +27,9 @@ at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Te
 // cos and sin tables [T, D] for `positions` [T]: angle_j = pos / theta^(2j / D), halves repeated.
 std::pair<at::Tensor, at::Tensor> rotary_tables(const at::Tensor& positions, int64_t head_dim,
                                                 double theta) {
-  at::Tensor exponent = at::arange(0, head_dim, 2, at::kFloat) / static_cast<double>(head_dim);
+  at::Tensor exponent =
+      at::arange(0, head_dim, 2, at::TensorOptions().dtype(at::kFloat).device(positions.device())) /
+      static_cast<double>(head_dim);
   at::Tensor inv_freq = at::pow(theta, exponent).reciprocal();
   at::Tensor angles = at::outer(positions.to(at::kFloat), inv_freq);
   at::Tensor emb = at::cat({angles, angles}, -1);
@@ -122,6 +125,7 @@ at::Tensor LlamaBackbone::rms_norm(const std::string& path, const at::Tensor& x,
 at::Tensor LlamaBackbone::layer_forward(size_t index, const at::Tensor& x, const at::Tensor& cos,
                                         const at::Tensor& sin, const at::Tensor& key_mask,
                                         int64_t past, KvCache* cache) const {
+  const auto longs = at::TensorOptions().dtype(at::kLong).device(x.device());
   const Layer& l = layers_[index];
   const std::string attn = l.path + ".self_attn", mlp = l.path + ".mlp";
   const int64_t B = x.size(0), T = x.size(1), H = config_.num_heads, KV = config_.num_kv_heads;
@@ -151,7 +155,7 @@ at::Tensor LlamaBackbone::layer_forward(size_t index, const at::Tensor& x, const
   }
   at::Tensor c = cos, s = sin;
   if (prefix_len > 0) {
-    std::tie(c, s) = rotary_tables(at::arange(prefix_len + past, prefix_len + past + T, at::kLong),
+    std::tie(c, s) = rotary_tables(at::arange(prefix_len + past, prefix_len + past + T, longs),
                                    D, config_.rope_theta);
   }
   q = apply_rotary(q.view({B, T, H, D}).transpose(1, 2), c, s);
@@ -174,13 +178,13 @@ at::Tensor LlamaBackbone::layer_forward(size_t index, const at::Tensor& x, const
   const int64_t S = k.size(2);  // prefix + past + T keys
   at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(D));
   // Masked: future keys (key position > query position) and padding keys; prefix keys never.
-  at::Tensor key_pos = at::arange(S - prefix_len, at::kLong);
-  at::Tensor query_pos = at::arange(past, past + T, at::kLong);
+  at::Tensor key_pos = at::arange(S - prefix_len, longs);
+  at::Tensor query_pos = at::arange(past, past + T, longs);
   at::Tensor masked = key_pos.unsqueeze(0) > query_pos.unsqueeze(1);  // [T, S - prefix]
   masked = masked.view({1, 1, T, S - prefix_len});
   if (key_mask.defined()) masked = masked | key_mask.view({B, 1, 1, S - prefix_len});
   if (prefix_len > 0) {
-    masked = at::cat({at::zeros({masked.size(0), 1, T, prefix_len}, at::kBool), masked.expand(
+    masked = at::cat({at::zeros({masked.size(0), 1, T, prefix_len}, longs.dtype(at::kBool)), masked.expand(
                           {masked.size(0), 1, T, S - prefix_len})}, -1);
   }
   // The lowest finite value rather than -inf: a fully masked row (padding query) stays finite.
@@ -214,8 +218,9 @@ ForwardResult LlamaBackbone::forward(const Batch& batch, const ForwardOptions& o
            "Llama forward needs input_ids [batch, seq]");
   const at::Tensor ids = batch.input_ids.to(at::kLong);
   const int64_t B = ids.size(0), T = ids.size(1);
+  const auto longs = at::TensorOptions().dtype(at::kLong).device(ids.device());
   at::Tensor mask = batch.attention_mask.defined() ? batch.attention_mask.to(at::kLong)
-                                                   : at::ones({B, T}, at::kLong);
+                                                   : at::ones({B, T}, longs);
   DT_CHECK(mask.sizes() == ids.sizes(), "attention_mask " + c10::str(mask.sizes()) +
                                             " does not match input_ids " + c10::str(ids.sizes()));
 
@@ -225,10 +230,10 @@ ForwardResult LlamaBackbone::forward(const Batch& batch, const ForwardOptions& o
   DT_CHECK(prepended >= 0 && x.size(0) == B && x.size(2) == config_.d_model,
            "an input hook at model.embed_tokens returned " + c10::str(x.sizes()) +
                "; input hooks may only prepend positions");
-  if (prepended > 0) mask = at::cat({at::ones({B, prepended}, at::kLong), mask}, 1);
+  if (prepended > 0) mask = at::cat({at::ones({B, prepended}, longs), mask}, 1);
   const int64_t total = x.size(1);
 
-  auto [cos, sin] = rotary_tables(at::arange(total, at::kLong), config_.d_kv, config_.rope_theta);
+  auto [cos, sin] = rotary_tables(at::arange(total, longs), config_.d_kv, config_.rope_theta);
   at::Tensor key_mask = mask.eq(0);
   ForwardResult result;
   for (size_t i = 0; i < layers_.size(); ++i) {
@@ -239,8 +244,8 @@ ForwardResult LlamaBackbone::forward(const Batch& batch, const ForwardOptions& o
 
   if (num_labels_ > 0) {
     // HF LlamaForSequenceClassification: the score of each row's last non-padding position.
-    at::Tensor last = (mask * at::arange(total, at::kLong)).argmax(1);
-    at::Tensor pooled = x.index({at::arange(B, at::kLong), last});
+    at::Tensor last = (mask * at::arange(total, longs)).argmax(1);
+    at::Tensor pooled = x.index({at::arange(B, longs), last});
     result.logits = at::linear(pooled, weight("score.weight", score_));
     if (batch.labels.defined())
       result.loss = at::cross_entropy_loss(result.logits, batch.labels.to(at::kLong));
@@ -251,7 +256,7 @@ ForwardResult LlamaBackbone::forward(const Batch& batch, const ForwardOptions& o
     at::Tensor labels = batch.labels.to(at::kLong);
     DT_CHECK(labels.sizes() == ids.sizes(), "LM labels " + c10::str(labels.sizes()) +
                                                 " do not match input_ids " + c10::str(ids.sizes()));
-    if (prepended > 0) labels = at::cat({at::full({B, prepended}, -100, at::kLong), labels}, 1);
+    if (prepended > 0) labels = at::cat({at::full({B, prepended}, -100, longs), labels}, 1);
     // Position t predicts token t + 1.
     at::Tensor logits = result.logits.narrow(1, 0, total - 1).reshape({-1, config_.vocab_size});
     at::Tensor target = labels.narrow(1, 1, total - 1).reshape({-1});
@@ -265,17 +270,18 @@ ForwardResult LlamaBackbone::forward(const Batch& batch, const ForwardOptions& o
 KvCache LlamaBackbone::new_cache(int64_t batch, int64_t capacity) const {
   KvCache cache;
   for (size_t i = 0; i < layers_.size(); ++i) {
-    cache.k.push_back(at::zeros({batch, config_.num_kv_heads, capacity, config_.d_kv}, at::kFloat));
-    cache.v.push_back(at::zeros({batch, config_.num_kv_heads, capacity, config_.d_kv}, at::kFloat));
+    const auto floats = at::TensorOptions().dtype(at::kFloat).device(embed_.device());
+    cache.k.push_back(at::zeros({batch, config_.num_kv_heads, capacity, config_.d_kv}, floats));
+    cache.v.push_back(at::zeros({batch, config_.num_kv_heads, capacity, config_.d_kv}, floats));
   }
   return cache;
 }
 
 at::Tensor LlamaBackbone::forward_step(const at::Tensor& ids, KvCache& cache) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   DT_CHECK(ids.dim() == 2, "forward_step needs ids [batch, new tokens]");
   const int64_t past = cache.length;
-  at::Tensor x = at::embedding(weight("model.embed_tokens.weight", embed_), ids.to(at::kLong));
+  at::Tensor x = at::embedding(weight("model.embed_tokens.weight", embed_), ids.to(embed_.device(), at::kLong));
   // A soft prompt goes in front of the sequence once, when the cache is empty.
   if (past == 0) x = hooks_.input("model.embed_tokens", x);
   const int64_t T = x.size(1);
@@ -285,7 +291,8 @@ at::Tensor LlamaBackbone::forward_step(const at::Tensor& ids, KvCache& cache) {
            "forward_step: " + std::to_string(past + T) + " positions exceed the cache capacity " +
                std::to_string(cache.capacity()));
   auto [cos, sin] =
-      rotary_tables(at::arange(past, past + T, at::kLong), config_.d_kv, config_.rope_theta);
+      rotary_tables(at::arange(past, past + T, at::TensorOptions().dtype(at::kLong).device(x.device())),
+                    config_.d_kv, config_.rope_theta);
   for (size_t i = 0; i < layers_.size(); ++i) x = layer_forward(i, x, cos, sin, {}, past, &cache);
   cache.length = past + T;
   return lm_logits(rms_norm("model.norm", x, final_norm_));

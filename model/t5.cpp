@@ -76,7 +76,7 @@ struct T5Backbone::Impl {
 
   // [1, H, q_len, k_len] learned bias of the bucketed relative positions (block 0 owns the table).
   at::Tensor position_bias(const std::string& attention, int64_t q_len, int64_t k_len, bool bidirectional) const {
-    const auto opts = torch::TensorOptions().dtype(torch::kLong);
+    const auto opts = torch::TensorOptions().dtype(torch::kLong).device(W("shared.weight").device());
     const at::Tensor relative = torch::arange(k_len, opts).unsqueeze(0) - torch::arange(q_len, opts).unsqueeze(1);
     const at::Tensor buckets = relative_position_bucket(relative, bidirectional, config.relative_attention_num_buckets,
                                                         config.relative_attention_max_distance);
@@ -187,8 +187,8 @@ struct T5Backbone::Impl {
     const int64_t T = dec_ids.size(1);
     const at::Tensor shared = W("shared.weight");
     at::Tensor h = dropout(torch::embedding(shared, dec_ids));
-    const at::Tensor causal =
-        torch::triu(torch::full({T, T}, kMaskValue, torch::TensorOptions().dtype(torch::kFloat)), 1).view({1, 1, T, T});
+    const auto floats = torch::TensorOptions().dtype(torch::kFloat).device(shared.device());
+    const at::Tensor causal = torch::triu(torch::full({T, T}, kMaskValue, floats), 1).view({1, 1, T, T});
     const at::Tensor self_bias =
         position_bias("decoder.block.0.layer.0.SelfAttention", T, T, /*bidirectional=*/false) + causal;
     for (int64_t i = 0; i < config.num_decoder_layers; ++i) {
@@ -290,9 +290,10 @@ ForwardResult T5Backbone::forward(const Batch& batch, const ForwardOptions& opti
                  std::to_string(m.label_ids.size()),
              "call T5Backbone::set_label_token_ids with the first token of each label word");
     // One decoder step from the start token (pad = 0).
-    const at::Tensor start = torch::zeros({B, 1}, torch::TensorOptions().dtype(torch::kLong));
+    const at::Tensor start = torch::zeros({B, 1}, torch::TensorOptions().dtype(torch::kLong).device(enc.device()));
     const at::Tensor step = m.decode(start, enc, enc_mask, hidden).select(1, 0);  // [B, vocab]
-    const at::Tensor label_tokens = torch::tensor(m.label_ids, torch::TensorOptions().dtype(torch::kLong));
+    const at::Tensor label_tokens =
+        torch::tensor(m.label_ids, torch::TensorOptions().dtype(torch::kLong)).to(enc.device());
     result.logits = step.index_select(1, label_tokens);
     if (batch.labels.defined()) {
       result.loss = torch::cross_entropy_loss(step, label_tokens.index_select(0, batch.labels.view({-1})));

@@ -4,7 +4,8 @@
 // the plain pieces; T5 callers append eos themselves.
 //
 // Design note (why dlopen): Debian's libsentencepiece bundles its own protobuf-lite 3.14 and exports
-// its symbols; libtorch brings libprotobuf 3.21. Linked into one process, the dynamic linker binds
+// its symbols; Debian's libtorch 1.13 brought libprotobuf 3.21 (PyPI's libtorch 2.x keeps its copy
+// inside, but a user's process may still load another). Linked into one process, the dynamic linker binds
 // one copy's calls to the other's code and the process crashes in static initialization, before
 // main(). So libsentencepiece is never linked: it is loaded on first use with RTLD_LOCAL |
 // RTLD_DEEPBIND, which binds it to its own protobuf and keeps its symbols out of the global scope.

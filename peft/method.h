@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 #include <boost/program_options/options_description.hpp>
 #include <boost/program_options/variables_map.hpp>
 
@@ -60,6 +61,11 @@ class Method {
   virtual bool can_merge() const { return false; }
   virtual void merge(model::Backbone& backbone);
   virtual void unmerge(model::Backbone& backbone);
+
+  // --device: MethodSet::to moves the trainable tensors in place (hooks holding them follow); a
+  // method that keeps other tensors (a FISH mask's indices on the device, LST's side network with
+  // its frozen tables) moves them here.
+  virtual void to(const c10::Device& device) {}
 };
 
 struct MethodInfo {
@@ -109,6 +115,9 @@ class MethodSet {
   bool can_merge() const;
   void merge(model::Backbone& backbone) const;
   void unmerge(model::Backbone& backbone) const;
+  // After apply(): every trainable tensor and every method's own tensors to `device` (methods create
+  // their tensors on the host, with the host's generator, so the initial values do not depend on it).
+  void to(const c10::Device& device, const std::vector<Trainable>& trainables) const;
 
  private:
   std::vector<std::unique_ptr<Method>> methods_;

@@ -4,6 +4,7 @@
 #include <set>
 #include <sstream>
 
+#include "model/device.h"
 #include "peft/method.h"
 #include "util/error.h"
 #include "util/format.h"
@@ -143,6 +144,14 @@ void MethodSet::merge(model::Backbone& backbone) const {
 
 void MethodSet::unmerge(model::Backbone& backbone) const {
   for (auto it = methods_.rbegin(); it != methods_.rend(); ++it) (*it)->unmerge(backbone);
+}
+
+void MethodSet::to(const c10::Device& device, const std::vector<Trainable>& trainables) const {
+  for (const auto& t : trainables) {
+    at::Tensor tensor = t.tensor;  // the same tensor: set_data moves it for every holder
+    model::move_tensor(tensor, device);
+  }
+  for (const auto& m : methods_) m->to(device);
 }
 
 std::vector<model::TensorMeta> MethodSet::plan(const model::ModelConfig& config, int64_t num_labels) const {

@@ -15,18 +15,15 @@ what=${1:-build}
 shift || true
 
 # ---- packages -----------------------------------------------------------------------------------
-# libopenblas0-openmp: Debian's libtorch otherwise falls back to the reference BLAS (~10x slower
-# matmul); the OpenMP flavour, unlike the pthread one, obeys torch's per-rank thread count.
+# Debian's packages for everything but torch: libtorch is PyTorch's own CUDA build from PyPI (below).
 packages=(
   build-essential cmake ninja-build ccache pkg-config
-  libtorch-dev libopenblas0-openmp
+  python3-venv
   libopenmpi-dev openmpi-bin
   libhdf5-dev hdf5-tools
   libboost-program-options-dev
   libgtest-dev
-  libsentencepiece-dev nlohmann-json3-dev libfmt-dev
-  python3-torch python3-numpy
-  python3-matplotlib
+  libsentencepiece-dev nlohmann-json3-dev
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -40,12 +37,31 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# ---- torch: PyTorch 2.11.0 (CUDA 13 build, the GPU machines' version) from PyPI, in .venv ------------
+# Its wheel carries libtorch (headers, CMake package, libraries) and pulls the CUDA 13 runtime, cuBLAS,
+# cuDNN and NCCL wheels: deltatune's CUDA paths compile and link on every machine, GPU or not.
+# CMake finds it through torch.utils.cmake_prefix_path (CMakeLists.txt). About 3 GB to download,
+# 4.7 GB in .venv (README, Development). The python scripts (benchmarks, golden fixtures,
+# tests/launch/export_eval.py) use this venv's python.
+torch_version=2.11.0
+venv_python=.venv/bin/python
+if ! "$venv_python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
+  echo "setup: installing torch $torch_version into .venv (PyPI)"
+  python3 -m venv .venv
+  "$venv_python" -m pip install -q --disable-pip-version-check "torch==$torch_version" numpy
+fi
+
 # ---- build --------------------------------------------------------------------------------------
 # ccache keyed on paths relative to the checkout, so a second clone (CI's) reuses the first's objects.
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
 jobs=$(nproc)
+# A build directory configured against another libtorch (Debian's 1.13 before) is configured anew.
+if [ -f build/CMakeCache.txt ] && ! grep -q "^Torch_DIR:PATH=$PWD/.venv/" build/CMakeCache.txt; then
+  echo "setup: build/ was configured against another libtorch; configuring it anew"
+  rm -rf build
+fi
 if [ ! -f build/build.ninja ]; then
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDELTATUNE_PYTHON="$PWD/$venv_python"
 fi
 cmake --build build -j "$jobs"
 
@@ -59,6 +75,7 @@ case "$what" in
     cd build
     exec ctest --output-on-failure -j "$jobs" ;;
   bench)
+    "$venv_python" -c 'import matplotlib' 2>/dev/null || "$venv_python" -m pip install -q matplotlib
     exec bench/run-all "$@" ;;
   *)
     echo "usage: scripts/setup.sh [main|test|build|bench [--quick]]" >&2

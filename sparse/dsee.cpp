@@ -1,6 +1,7 @@
 // sparse/dsee.cpp — DSEE (Chen et al., "DSEE: Dually Sparsity-Embedded Efficient Tuning"): sparse +
 // low-rank deltas of the chosen projections, the sparse part as values over fixed indices. See
 // sparse/methods.h for the parametrization; the support selection is below.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <boost/algorithm/string.hpp>
 #include <boost/program_options.hpp>
@@ -9,6 +10,7 @@
 #include <map>
 #include <set>
 
+#include "model/device.h"
 #include "sparse/index_codec.h"
 #include "sparse/methods.h"
 #include "sparse/scatter.h"
@@ -146,9 +148,13 @@ std::vector<peft::Trainable> DseeMethod::attach(model::Backbone& backbone) {
       });
       continue;
     }
-    const at::Tensor idx = options_.select == "grebsmo" ? grebsmo_support(w, options_.rank, card)
-                                                        : magnitude_support(w, card);
-    support_.entries.push_back({t.weight, {t.out, t.in}, idx});
+    // The support is chosen on the host, so it is the same whatever --device the backbone is on.
+    const at::Tensor w_host = w.detach().to(at::kCPU);
+    const at::Tensor support = options_.select == "grebsmo" ? grebsmo_support(w_host, options_.rank, card)
+                                                            : magnitude_support(w_host, card);
+    support_.entries.push_back({t.weight, {t.out, t.in}, support});
+    // The hooks' own copy of the indices, which to() moves with the values (the support stays on the host).
+    const at::Tensor idx = support.clone();
     at::Tensor s = at::zeros({card}, at::kFloat).requires_grad_(true);
     out.push_back({m + ".dsee_S.values", s, "dsee"});
     attached_.push_back({t.weight, a, b, s, idx});
@@ -162,7 +168,7 @@ std::vector<peft::Trainable> DseeMethod::attach(model::Backbone& backbone) {
 
 // W += sign · (B·A + S)·scale in W's dtype, the products formed in float32.
 void DseeMethod::add_delta(model::Backbone& backbone, double sign) const {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const double scale = sign * options_.alpha / static_cast<double>(options_.rank);
   std::map<std::string, at::Tensor> by_name;
   for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
@@ -170,6 +176,12 @@ void DseeMethod::add_delta(model::Backbone& backbone, double sign) const {
     at::Tensor w = by_name.at(t.weight);
     w.add_((at::matmul(t.b.detach(), t.a.detach()) * scale).to(w.scalar_type()));
     if (t.s.defined()) w.view({-1}).index_add_(0, t.idx.to(at::kLong), (t.s.detach() * scale).to(w.scalar_type()));
+  }
+}
+
+void DseeMethod::to(const c10::Device& device) {
+  for (auto& t : attached_) {
+    if (t.idx.defined()) model::move_tensor(t.idx, device);
   }
 }
 

@@ -1,5 +1,6 @@
 // sparse/fish.cpp — FISH (Sung et al., "Training Neural Networks with Fixed Sparse Masks"): the
 // method, its options, the mask it trains over, and plan accounting. See sparse/methods.h.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <boost/program_options.hpp>
 #include <fmt/format.h>
@@ -7,6 +8,7 @@
 #include <algorithm>
 #include <map>
 
+#include "model/device.h"
 #include "sparse/index_codec.h"
 #include "sparse/methods.h"
 #include "sparse/scatter.h"
@@ -87,7 +89,8 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
     const auto eligible = eligible_tensors(backbone.config(), options.fisher.include, options.fisher.exclude);
     DT_CHECK(!eligible.empty(), "FISH: no eligible tensor (check --fish.include / --fish.exclude)");
     mask = top_k_mask_streaming(
-        eligible, [&](size_t t) { return by_name.at(eligible[t].name).detach().abs().to(at::kFloat); }, options.topk);
+        eligible, [&](size_t t) { return by_name.at(eligible[t].name).detach().abs().to(at::kCPU, at::kFloat); },
+        options.topk);
   } else if (options.select == "fisher") {
     DT_CHECK(sample && available > 0 && comm, "FISH: the Fisher mask needs training samples and a communicator");
     used = std::min(options.samples, available);
@@ -252,7 +255,8 @@ void FishMethod::set_layout() {
   layout_->clear();
   int64_t offset = 0;
   for (const auto& e : mask_->entries) {
-    (*layout_)[e.name] = Slice{e.indices.to(at::kLong).contiguous(), offset, e.count()};
+    // The hooks scatter on the values' device: the indices live there too.
+    (*layout_)[e.name] = Slice{e.indices.to(values_.device(), at::kLong).contiguous(), offset, e.count()};
     offset += e.count();
   }
 }
@@ -271,7 +275,8 @@ std::vector<int64_t> FishMethod::refresh(model::Backbone& backbone, const Sample
     const int64_t* now = idx.data_ptr<int64_t>();
     auto old = layout_->find(e.name);
     if (old != layout_->end()) {
-      const int64_t* before = old->second.indices.data_ptr<int64_t>();
+      const at::Tensor before_idx = old->second.indices.to(at::kCPU);
+      const int64_t* before = before_idx.data_ptr<int64_t>();
       int64_t i = 0, j = 0;
       while (i < e.count() && j < old->second.count) {
         if (now[i] == before[j]) carry[position + i++] = old->second.begin + j++;
@@ -282,7 +287,7 @@ std::vector<int64_t> FishMethod::refresh(model::Backbone& backbone, const Sample
     position += e.count();
   }
   {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     const at::Tensor old_values = values_.detach().clone();
     std::vector<int64_t> to, from;
     for (size_t p = 0; p < carry.size(); ++p) {
@@ -293,7 +298,10 @@ std::vector<int64_t> FishMethod::refresh(model::Backbone& backbone, const Sample
     }
     at::Tensor v = values_.detach();
     v.zero_();
-    if (!to.empty()) v.index_put_({at::tensor(to, at::kLong)}, old_values.index_select(0, at::tensor(from, at::kLong)));
+    if (!to.empty()) {
+      v.index_put_({at::tensor(to, at::kLong).to(v.device())},
+                   old_values.index_select(0, at::tensor(from, at::kLong).to(v.device())));
+    }
   }
   int64_t kept = 0;
   for (int64_t c : carry) kept += c >= 0;
@@ -305,7 +313,7 @@ std::vector<int64_t> FishMethod::refresh(model::Backbone& backbone, const Sample
 
 void FishMethod::add_delta(model::Backbone& backbone, double sign) const {
   DT_CHECK(values_.defined() && mask_, "fish: merge before attach");
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   std::map<std::string, at::Tensor> by_name;
   for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
   for (const auto& [name, slice] : *layout_) {
@@ -313,6 +321,12 @@ void FishMethod::add_delta(model::Backbone& backbone, double sign) const {
     const at::Tensor v = values_.detach().narrow(0, slice.begin, slice.count).to(w.scalar_type()) * sign;
     w.view({-1}).index_add_(0, slice.indices, v);
   }
+}
+
+void FishMethod::to(const c10::Device& device) {
+  // The hooks read the layout through a shared pointer, so new tensors in it are seen; the mask's own
+  // indices stay on the host (checkpoints encode them).
+  for (auto& [name, slice] : *layout_) slice.indices = slice.indices.to(device);
 }
 
 void FishMethod::merge(model::Backbone& backbone) {

@@ -1,5 +1,7 @@
 #include "sparse/fisher.h"
 
+#include "model/device.h"
+
 #include <fnmatch.h>
 #include <torch/torch.h>
 
@@ -73,7 +75,8 @@ NamedTensors compute_fisher(model::Backbone& backbone, const SampleFn& sample, i
     auto it = by_name.find(meta.name);
     DT_CHECK(it != by_name.end(), "compute_fisher: the backbone has no parameter '" + meta.name + "'");
     params.push_back(it->second);
-    fisher.emplace_back(meta.name, at::zeros(it->second.sizes(), at::kFloat));
+    // Accumulated where the parameter lives (the GPU with --device cuda), in float32.
+    fisher.emplace_back(meta.name, at::zeros(it->second.sizes(), it->second.options().dtype(at::kFloat)));
   }
   DT_CHECK(!params.empty(), "compute_fisher: no eligible tensor (check --fish.include / --fish.exclude)");
   std::vector<bool> had_grad;
@@ -88,7 +91,7 @@ NamedTensors compute_fisher(model::Backbone& backbone, const SampleFn& sample, i
     for (int64_t b = comm.rank(); b < num_batches; b += comm.size()) {
       std::vector<int64_t> ids;
       for (int64_t i = b * batch; i < std::min(num_samples, (b + 1) * batch); ++i) ids.push_back(i);
-      const model::Batch input = sample(ids);
+      const model::Batch input = model::batch_to(sample(ids), params.front().device());
       const at::Tensor loss = backbone.forward(input).loss;
       DT_CHECK(loss.defined(), "compute_fisher: the forward pass gave no loss (labels missing?)");
       // autograd::grad leaves .grad() alone; unused tensors (e.g. an untied LM head) give undefined.
@@ -115,6 +118,8 @@ NamedTensors compute_fisher(model::Backbone& backbone, const SampleFn& sample, i
   if (comm.size() > 1) {
     for (auto& [name, f] : fisher) comm.all_reduce(f, {comm::ReduceOp::Sum})->wait();
   }
+  // The mask is selected on the host (top-k over counts of float keys).
+  for (auto& [name, f] : fisher) f = f.to(at::kCPU);
   return fisher;
 }
 

@@ -78,6 +78,7 @@ class FishMethod final : public peft::Method {
   bool can_merge() const override { return true; }
   void merge(model::Backbone& backbone) override;
   void unmerge(model::Backbone& backbone) override;
+  void to(const c10::Device& device) override;
 
   // --fish.refresh-every: recomputes the Fisher of the current model (values applied) over
   // `samples` (collective) and moves the mask to its top-k. The count k is unchanged, so the
@@ -173,6 +174,7 @@ class DseeMethod final : public peft::Method {
   bool can_merge() const override { return true; }
   void merge(model::Backbone& backbone) override;
   void unmerge(model::Backbone& backbone) override;
+  void to(const c10::Device& device) override;
 
  private:
   struct Attached {

@@ -16,6 +16,7 @@
 // A weight hook of another method on a weight ia3 folds into (LoRA on wo, FISH, DSEE) computes
 // (W + Δ)·diag(l): Δ must be merged first, so such methods must come before ia3 in --method; merge()
 // refuses otherwise. unmerge() divides by l again (equal within fp rounding; l must have no zeros).
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 
 #include <map>
@@ -81,7 +82,7 @@ class Ia3 final : public Method {
 
   void merge(model::Backbone& backbone) override {
     DT_CHECK(!*merged_, "ia3: merge() called twice without unmerge()");
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     const auto params = parameters(backbone);
     for (const auto& f : folds_) {
       const at::Tensor& w = params.at(f.weight);
@@ -98,7 +99,7 @@ class Ia3 final : public Method {
 
   void unmerge(model::Backbone& backbone) override {
     DT_CHECK(*merged_, "ia3: unmerge() without a merge()");
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     const auto params = parameters(backbone);
     for (const auto& f : folds_) {
       DT_CHECK(!f.l.detach().eq(0).any().item<bool>(),

@@ -10,6 +10,7 @@
 // merge() (HF PEFT's merge_adapter) adds s·B·A to each adapted weight in place and turns the hooks
 // into pass-throughs (one `merged` flag shared with every hook lambda), so the backbone alone computes
 // the same function; unmerge() subtracts the same delta (equal within fp rounding) and re-enables them.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <boost/algorithm/string.hpp>
 #include <boost/program_options.hpp>
@@ -128,7 +129,7 @@ class Lora final : public Method {
 
   // W += sign · s·B·A in W's dtype, the product formed in float32 (as HF PEFT's get_delta_weight).
   void add_delta(model::Backbone& backbone, double sign) const {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     const double scale = options_.alpha / static_cast<double>(options_.r);
     std::map<std::string, at::Tensor> params;
     for (const auto& [name, tensor] : backbone.named_parameters()) params.emplace(name, tensor);

@@ -45,6 +45,7 @@
 // paper's r = 8 and layers 0, 4, 8 dropped that is 3,877,938 parameters, the paper's 1.74%.
 // LST composes with no method that hooks or trains the backbone (their gradients could not flow
 // through a backbone run without autograd); forward() checks that.
+#include <c10/core/GradMode.h>
 #include "peft/lst/lst.h"
 
 #include <ATen/ATen.h>
@@ -57,6 +58,7 @@
 #include <map>
 #include <set>
 
+#include "model/device.h"
 #include "model/llama.h"
 #include "model/load.h"
 #include "model/t5.h"
@@ -237,7 +239,7 @@ class Pruner {
       : c_(c), s_(side) {
     for (const auto& [name, t] : params) {
       if (starts_with(name, "score.") || starts_with(name, "classifier.")) continue;  // task heads
-      weights_[name] = t.detach().to(at::kFloat);
+      weights_[name] = t.detach().to(at::kCPU, at::kFloat);  // pruning runs on the host
     }
     at::Tensor model_score = at::zeros({c.d_model}, at::kFloat);
     for (const auto& [name, w] : weights_) {
@@ -352,7 +354,7 @@ class Lst final : public Method {
     std::map<std::string, at::Tensor> side_params;
     for (const auto& [n, t] : side_->named_parameters()) side_params[n] = t;
     {
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       if (options_.prune == "magnitude") {
         Pruner pruner(c, sc, params);
         for (auto& [n, t] : side_params) {
@@ -443,7 +445,7 @@ class Lst final : public Method {
     }
     // ---- the backbone, without autograd: none of its activations are kept
     {
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       hidden_ = backbone.forward(batch, {/*return_hidden_states=*/true}).hidden_states;
     }
     DT_CHECK(static_cast<int64_t>(hidden_.size()) == hidden_count_,
@@ -453,7 +455,7 @@ class Lst final : public Method {
       if (side->label_token_ids() != t5->label_token_ids()) side->set_label_token_ids(t5->label_token_ids());
     }
     // ---- the side network, with autograd (dropout while gradients are on, i.e. while training)
-    side_->set_training(at::GradMode::is_enabled());
+    side_->set_training(c10::GradMode::is_enabled());
     input_ids_ = batch.input_ids.to(at::kLong);
     if (ladders_.size() == 2) table_ = at::linear(backbone_table_, ladders_[1].first_w, ladders_[1].first_b);
     model::ForwardResult out;
@@ -465,6 +467,12 @@ class Lst final : public Method {
     }
     release();
     return out;
+  }
+
+  // The side network is built and pruned on the host; its trainable tensors moved with the others,
+  // its frozen tables (and anything else it registered) follow here.
+  void to(const c10::Device& device) override {
+    if (side_) model::backbone_to(*side_, device);
   }
 
   std::string describe() const override {

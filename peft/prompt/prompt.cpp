@@ -52,7 +52,7 @@ class Prompt final : public Method {
     const int64_t common = std::min<int64_t>(vocabulary.size(0), kCommonTokens);
     const at::Tensor ids = at::randint(common, {options_.length}, at::kLong);
     const at::Tensor prompt =
-        vocabulary.detach().index_select(0, ids).to(at::kFloat).clone().requires_grad_(true);
+        vocabulary.detach().index_select(0, ids.to(vocabulary.device())).to(at::kFloat).clone().requires_grad_(true);
     backbone.hooks().add_input(site.name, [prompt](const at::Tensor& embedded) {
       const at::Tensor soft = prompt.to(embedded.scalar_type()).unsqueeze(0).expand(
           {embedded.size(0), prompt.size(0), prompt.size(1)});

@@ -9,3 +9,7 @@ add_test(NAME test_comm_funneled_np2
                  $<TARGET_FILE:test_comm>)
 set_tests_properties(test_comm_funneled_np2 PROPERTIES
                      ENVIRONMENT "${DT_TEST_ENV};DELTATUNE_MPI_THREAD_SINGLE=1" PROCESSORS 2 TIMEOUT 900)
+# The NCCL test alone, labelled gpu: real collectives on a GPU; the clean error where there is none.
+add_test(NAME nccl_gpu COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} 1 $<TARGET_FILE:test_comm>
+                               --gtest_filter=NcclCommunicator.*)
+set_tests_properties(nccl_gpu PROPERTIES ENVIRONMENT "${DT_TEST_ENV}" TIMEOUT 300 LABELS gpu)

@@ -271,7 +271,8 @@ TEST(CheckMpi, TurnsAnErrorCodeIntoAnErrorNamingTheCall) {
 
 // Where no GPU is visible (or NCCL is not built in), asking for NCCL fails on every rank with an
 // error that says why and what to do, instead of crashing or hanging; the MPI communicator that
-// bootstrapped it stays usable. Where a GPU is visible, NCCL refuses CPU tensors by name.
+// bootstrapped it stays usable. Where ranks share a GPU, it says NCCL refuses that. Where every rank has a
+// GPU of its own, NCCL refuses CPU tensors by name and reduces GPU tensors.
 TEST(NcclCommunicator, FailsClearlyWithoutAGpuAndRefusesCpuTensors) {
   auto& comm = test_comm();
   std::unique_ptr<Communicator> nccl;
@@ -286,7 +287,8 @@ TEST(NcclCommunicator, FailsClearlyWithoutAGpuAndRefusesCpuTensors) {
   } else if (!nccl) {
     // This rank's own reason, or (where only other ranks lack a GPU) which ranks failed.
     const bool explained = message.find("backend nccl found no usable CUDA device") != std::string::npos ||
-                           message.find("could not select a GPU on rank(s)") != std::string::npos;
+                           message.find("could not select a GPU on rank(s)") != std::string::npos ||
+                           message.find("needs a GPU of its own for every rank") != std::string::npos;
     EXPECT_TRUE(explained) << message;
     EXPECT_CONTAINS(message, "--dist.backend mpi");
     EXPECT_CONTAINS(message, "(hint: ");
@@ -297,6 +299,16 @@ TEST(NcclCommunicator, FailsClearlyWithoutAGpuAndRefusesCpuTensors) {
     EXPECT_CONTAINS(error_of([&] { nccl->all_reduce(cpu); }),
                 "backend nccl does not support CPU tensors; use --dist.backend mpi");
     EXPECT_TRUE(nccl->barrier()->wait(std::chrono::seconds(60)));
+    // Real collectives: rank r contributes r + 1 on its GPU; the sum is n (n + 1) / 2 everywhere.
+    const int n = comm.size();
+    at::Tensor gpu = at::full({1 << 20}, static_cast<float>(comm.rank() + 1),
+                              at::TensorOptions().device(at::kCUDA, static_cast<c10::DeviceIndex>(
+                                                                        comm.local_rank() % at::getNumGPUs())));
+    nccl->all_reduce(gpu)->wait();
+    EXPECT_TRUE(at::all(gpu.cpu() == static_cast<float>(n * (n + 1) / 2)).item<bool>());
+    at::Tensor avg = at::full({7}, static_cast<float>(comm.rank() + 1), gpu.options());
+    nccl->all_reduce(avg, {ReduceOp::Average})->wait();
+    EXPECT_TRUE(at::allclose(avg.cpu(), at::full({7}, (n + 1) / 2.0f)));
   }
   at::Tensor ok = filled(2, 1);
   comm.all_reduce(ok)->wait();

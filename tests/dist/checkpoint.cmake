@@ -10,6 +10,6 @@ add_test(NAME cluster_scripts_parse
 # End to end through deltatune (issue 8's acceptance): SIGTERM + --resume auto is bitwise, h5dump -H,
 # a flipped byte refused, kill -9 of one of 4 ranks. Skipped (77) until train writes checkpoints.
 add_test(NAME checkpoint_faults
-         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_LIST_DIR}/checkpoint_faults.py $<TARGET_FILE:deltatune> ${PROJECT_SOURCE_DIR})
+         COMMAND ${DT_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/checkpoint_faults.py $<TARGET_FILE:deltatune> ${PROJECT_SOURCE_DIR})
 set_tests_properties(checkpoint_faults PROPERTIES ENVIRONMENT "${DT_TEST_ENV}" TIMEOUT 1800 PROCESSORS 2
                      SKIP_RETURN_CODE 77)

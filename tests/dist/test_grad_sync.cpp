@@ -286,11 +286,23 @@ TEST(GradSync, OptimizerZeroGradKeepsTheViews) {
   loss_of(mlp, rows(d.x, 0), rows(d.y, 0)).backward();
   sync.finish();
   opt.step();
-  opt.zero_grad();  // detach_() + zero_() on each grad: must work on our aliases
+  opt.zero_grad(/*set_to_none=*/false);  // detach_() + zero_() on each grad: must work on our aliases
   for (const Bucket& b : sync.buckets()) EXPECT_EQ(b.buffer.abs().sum().item<float>(), 0.0f);
   loss_of(mlp, rows(d.x, 0), rows(d.y, 0)).backward();
   sync.finish();
   EXPECT_EQ(sync.grad_copies(), 0u);
+  // torch 2.x's default zero_grad() sets gradients to None: the next backward makes new tensors, which
+  // the hooks copy into the buckets (slower, with a warning), and every gradient is a bucket view again.
+  opt.step();
+  opt.zero_grad();
+  loss_of(mlp, rows(d.x, 0), rows(d.y, 0)).backward();
+  sync.finish();
+  EXPECT_EQ(sync.grad_copies(), mlp->parameters().size());
+  for (const Bucket& b : sync.buckets()) {
+    for (size_t s = 0; s < b.params.size(); ++s) {
+      EXPECT_TRUE(trainable(mlp)[b.params[s]].second.grad().is_same(b.views[s]));
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------- compression

@@ -23,6 +23,19 @@ for sub in train eval generate plan mask inspect export commbench; do
   check 2 "$sub with an unreadable config" -- "$bin" "$sub" --config /nonexistent.ini
   echo "$LAST_ERR" | grep -q "/nonexistent.ini" || { echo "FAIL: $sub: error does not name the file"; fail=1; }
 done
+# --device cuda where torch sees no GPU: one line naming the cause, exit 2 (where a GPU is visible the
+# GPU-labelled tests cover it). NCCL asked for CPU tensors and a bad --train.dtype: the same.
+if ! nvidia-smi -L >/dev/null 2>&1; then
+  check 2 "train --device cuda without a GPU" -- "$bin" train --device cuda --train.steps 1
+  [ "$(echo "$LAST_ERR" | wc -l)" -eq 1 ] || { echo "FAIL: --device cuda: error is not one line: $LAST_ERR"; fail=1; }
+  echo "$LAST_ERR" | grep -q -- "--device cuda: no GPU is visible" || { echo "FAIL: --device cuda: $LAST_ERR"; fail=1; }
+  check 2 "generate --device cuda without a GPU" -- "$bin" generate --device cuda --steps 2
+  check 2 "commbench --dist.backend nccl without a GPU" -- "$bin" commbench --dist.backend nccl -b 8 -e 8
+fi
+check 2 "--dist.backend nccl with --device cpu" -- "$bin" train --device cpu --dist.backend nccl --train.steps 1
+echo "$LAST_ERR" | grep -q -- "needs --device cuda\|built without NCCL" || { echo "FAIL: nccl on cpu: $LAST_ERR"; fail=1; }
+check 2 "a bad --train.dtype" -- "$bin" train --train.dtype fp8 --train.steps 1
+echo "$LAST_ERR" | grep -q -- "--train.dtype must be fp32 or bf16" || { echo "FAIL: --train.dtype: $LAST_ERR"; fail=1; }
 # Every shipped config parses (the README and cluster/ scripts point at them).
 src=${DELTATUNE_SOURCE_DIR:-$(dirname "$0")/../..}
 for ini in "$src"/configs/*.ini; do

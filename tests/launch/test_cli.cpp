@@ -5,11 +5,13 @@
 #include <fstream>
 #include <map>
 
+#include "comm/nccl.h"
 #include "launch/cli.h"
 #include "launch/session.h"
 #include "util/error.h"
 
 using namespace dt::launch;
+namespace comm = dt::comm;
 
 namespace {
 
@@ -135,4 +137,31 @@ TEST(Threads, SplitTheNodeAmongLocalRanks) {
   EXPECT_EQ(default_threads(2, 4), 1);
   EXPECT_EQ(default_threads(16, 4), 4);
   EXPECT_EQ(default_threads(16, 1), 16);
+  // On a GPU the host only launches kernels and collates batches: at most kMaxThreadsOnGpu.
+  EXPECT_EQ(default_threads(16, 1, /*on_gpu=*/true), kMaxThreadsOnGpu);
+  EXPECT_EQ(default_threads(16, 8, /*on_gpu=*/true), 2);
+  EXPECT_GE(usable_cores(), 1);
+}
+
+TEST(Device, ResolvesCpuCudaAuto) {
+  EXPECT_EQ(resolve_device("cpu", 0, 4), c10::Device(c10::kCPU));
+  EXPECT_EQ(resolve_device("auto", 0, 0), c10::Device(c10::kCPU));
+  EXPECT_EQ(resolve_device("auto", 3, 2), c10::Device(c10::kCUDA, 1));  // local rank 3 of 2 GPUs
+  EXPECT_EQ(resolve_device("cuda", 1, 4), c10::Device(c10::kCUDA, 1));
+  try {
+    resolve_device("cuda", 0, 0);
+    ADD_FAILURE() << "--device cuda without a GPU was accepted";
+  } catch (const dt::UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("--device cuda: no GPU is visible"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(resolve_device("gpu", 0, 1), dt::UsageError);
+}
+
+TEST(Device, NcclOnlyWithAGpuPerRank) {
+  EXPECT_EQ(comm::describe_gpu_sharing({"a/0000:01:00.0", "a/0000:02:00.0", "b/0000:01:00.0"}), "");
+  // Two ranks on one GPU: NCCL's "Duplicate GPU detected", said before NCCL says it.
+  const std::string shared = comm::describe_gpu_sharing({"a/0000:01:00.0", "a/0000:01:00.0"});
+  EXPECT_NE(shared.find("ranks 0 and 1 share GPU a/0000:01:00.0"), std::string::npos) << shared;
+  EXPECT_NE(shared.find("Duplicate GPU detected"), std::string::npos) << shared;
+  EXPECT_NE(comm::describe_gpu_sharing({"a/0000:01:00.0", ""}).find("rank(s) 1 have no GPU"), std::string::npos);
 }

@@ -5,6 +5,3 @@ dt_add_test(NAME test_model_t5
   LIBS dt_model
   NP 1)
 target_compile_definitions(test_model_t5 PRIVATE DT_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
-# libprotobuf first, so that the linker never takes libsentencepiece (which exports a bundled,
-# incompatible protobuf-lite) to satisfy libtorch's protobuf references: see model/tokenizer_sp.cpp.
-target_link_libraries(test_model_t5 PRIVATE -Wl,--no-as-needed protobuf -Wl,--as-needed)

@@ -1,6 +1,7 @@
 // Bottleneck adapters (houlsby, pfeiffer, parallel_adapter) and (IA)³: table rows for the generic
 // method checks, closed-form trainable counts on t5-base and stories260K, and each hook's function
 // against the formula computed by hand from the method's own tensors.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -109,7 +110,7 @@ TEST(Adapters, SequentialHookIsTheResidualBottleneckOfTheOutput) {
     const auto t = by_name(trainables);
     const auto sites = peft::adapter::houlsby_sites(backbone->config());
     ASSERT_EQ(trainables.size(), 4 * sites.size());
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     for (const auto& s : sites) {
       auto [h, x] = random_hx(s);
       const at::Tensor want = h + bottleneck(t, s.name + ".adapter", h, gelu);
@@ -126,7 +127,7 @@ TEST(Adapters, PfeifferAdaptsEveryFfnOutputOnly) {
   const auto sites = peft::adapter::ffn_sites(backbone->config());
   ASSERT_EQ(static_cast<int64_t>(sites.size()), backbone->config().num_layers);
   ASSERT_EQ(trainables.size(), 4 * sites.size());
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (const auto& s : sites) {
     auto [h, x] = random_hx(s);
     EXPECT_TRUE(at::allclose(backbone->hooks().output(s.name, h, x), h + bottleneck(t, s.name + ".adapter", h), 1e-5,
@@ -147,7 +148,7 @@ TEST(Adapters, ParallelHookReadsTheFfnInputAndScales) {
   const auto t = by_name(trainables);
   const auto sites = peft::adapter::ffn_sites(backbone->config());
   ASSERT_EQ(trainables.size(), 4 * sites.size());
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (const auto& s : sites) {
     auto [h, x] = random_hx(s);
     const at::Tensor want = h + 2.5 * bottleneck(t, s.name + ".parallel_adapter", x);
@@ -182,7 +183,7 @@ TEST(Adapters, Ia3RescalesKeysValuesAndIntermediate) {
   EXPECT_EQ(trainables[2].name, "model.layers.0.mlp.wi.ia3_l");
   EXPECT_EQ(trainables[2].tensor.numel(), c.d_ff);
   randomize(trainables);
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (const auto& t : trainables) {
     const std::string site = t.name.substr(0, t.name.size() - std::string(".ia3_l").size());
     const at::Tensor h = at::randn({2, 3, t.tensor.numel()});

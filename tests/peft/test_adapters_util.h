@@ -2,6 +2,7 @@
 // a MethodSet from command-line words, a tiny backbone, a batch, and trainables by name.
 #pragma once
 
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 
 #include <boost/program_options.hpp>
@@ -78,7 +79,7 @@ inline std::map<std::string, at::Tensor> by_name(const std::vector<peft::Trainab
 // Fills every trainable with fresh random values (so zero-initialized up projections do something).
 inline void randomize(const std::vector<peft::Trainable>& trainables, uint64_t seed = 3) {
   at::manual_seed(seed);
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (const auto& t : trainables) t.tensor.normal_(0.0, 0.5);
 }
 

@@ -1,6 +1,7 @@
 // Compacter: table rows for the generic method checks, closed-form counts (the shared A_i counted
 // once), the hook against an explicit sum of Kronecker products, the sharing of A across every
 // adapter, and the divisibility errors.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -69,7 +70,7 @@ TEST(Compacter, HookIsAResidualBottleneckOfKroneckerSums) {
   const at::Tensor rule = t.at("compacter.phm_rule");
   const auto sites = peft::adapter::houlsby_sites(backbone->config());
   ASSERT_EQ(trainables.size(), 1 + 6 * sites.size());
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (const auto& site : sites) {
     const std::string p = site.name + ".compacter";
     const at::Tensor down = phm_weight(rule, t.at(p + ".down.s"), t.at(p + ".down.t"));
@@ -88,7 +89,7 @@ TEST(Compacter, EveryAdapterSharesTheSlowWeights) {
   const auto trainables = without_head(method_set({"--method", "compacter", "--compacter.bottleneck", "8"}).apply(*backbone));
   randomize(trainables);
   const auto sites = peft::adapter::houlsby_sites(backbone->config());
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const at::Tensor h = at::randn({2, 3, 16});
   for (const auto& s : sites) ASSERT_FALSE(at::allclose(backbone->hooks().output(s.name, h, h), h));
   // With the biases and the one shared rule zeroed, every adapter's weights vanish at once.

@@ -4,6 +4,7 @@
 // the side network is the backbone pruned (r = 1 with mu = 1 reproduces the backbone's logits exactly;
 // at r = 2, Llama's rotary pairs and grouped kv heads stay consistent); bad options are refused.
 // LST has no row in method_cases.h: that table runs backbone->forward, and LST runs the forward itself.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -11,6 +12,7 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <set>
 
@@ -217,7 +219,8 @@ class CountingAllocator final : public c10::Allocator {
     c10::SetCPUAllocator(this, kPriority);
   }
   void uninstall() { c10::SetCPUAllocator(base_, kPriority); }
-  c10::DataPtr allocate(size_t n) const override {
+  // torch 2.x: allocate() is non-const and copy_data() must be defined.
+  c10::DataPtr allocate(size_t n) override {
     c10::DataPtr inner = base_->allocate(n);
     void* data = inner.get();
     const c10::Device device = inner.device();
@@ -225,6 +228,7 @@ class CountingAllocator final : public c10::Allocator {
     peak_ = std::max(peak_, live_);
     return {data, new Block{std::move(inner), n}, &release, device};
   }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
   int64_t live() const { return live_; }
   int64_t peak() const { return peak_; }
 
@@ -321,7 +325,7 @@ TEST(Lst, RatioOnePrunesToTheBackboneAndReproducesIt) {
       const auto trainables = without_head(set.apply(*backbone));
       const auto frozen = snapshot(*bare);
       {
-        at::NoGradGuard no_grad;
+        c10::NoGradGuard no_grad;
         for (const auto& t : trainables) {
           if (t.name.rfind("side.", 0) == 0) {
             EXPECT_TRUE(at::equal(t.tensor, frozen.at(t.name.substr(5)))) << name << ": " << t.name;
@@ -337,7 +341,7 @@ TEST(Lst, RatioOnePrunesToTheBackboneAndReproducesIt) {
       }
       model::Batch batch = batch_for(backbone->config());
       if (labels == 0) batch.labels = at::randint(3, backbone->config().vocab_size, {3, 6}, at::kLong);
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       bare->set_training(false);
       backbone->set_training(false);
       const auto want = bare->forward(batch);
@@ -354,7 +358,7 @@ TEST(Lst, PruningKeepsRotaryPairsAndKvGroupsTogether) {
   // as 2 rotary pairs (j, j + 4). The side's q and k rows are recovered among the backbone's rows.
   auto backbone = tiny("stories260K");
   {
-    at::NoGradGuard no_grad;  // distinct final-norm values identify the kept residual indices
+    c10::NoGradGuard no_grad;  // distinct final-norm values identify the kept residual indices
     for (auto& [name, t] : backbone->named_parameters()) {
       if (name == "model.norm.weight") t.copy_(at::arange(1, t.numel() + 1, at::kFloat));
     }

@@ -2,6 +2,7 @@
 // after merge() the backbone's own weights, with no hook at all, compute the hooked model's logits;
 // unmerge() gives the original weights back within fp rounding and the hooks work again; methods that
 // cannot be folded into existing weights refuse with a UsageError naming them, before touching any.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -59,7 +60,7 @@ std::map<std::string, at::Tensor> snapshot(const model::Backbone& backbone) {
 }
 
 at::Tensor logits(const peft::MethodSet& set, model::Backbone& backbone, const model::Batch& batch) {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   return set.forward(backbone, batch).logits.detach().clone();
 }
 
@@ -67,15 +68,16 @@ double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
 }
 
-// 1e-5 relative to the logits' scale (float32 sums in another order).
+// 1e-4 relative to the logits' scale: float32 sums in another order (W x + B A x against (W + B A) x)
+// through every layer; torch 2.11's CPU kernels put tiny-t5-v1_1's lora+ia3 at 2.5e-5, above 1e-5.
 double tolerance(const at::Tensor& reference) {
-  return 1e-5 * std::max(1.0, reference.abs().max().item<double>());
+  return 1e-4 * std::max(1.0, reference.abs().max().item<double>());
 }
 
 // Trained-looking values: random, and for (IA)^3 vectors around 1 (never 0, so unmerge can divide).
 void train_like(const std::vector<peft::Trainable>& trainables) {
   randomize(trainables);
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   for (const auto& t : trainables) {
     if (t.name.size() > 6 && t.name.compare(t.name.size() - 6, 6, ".ia3_l") == 0) t.tensor.mul_(0.5).add_(1.0);
   }
@@ -109,7 +111,7 @@ TEST(PeftMerge, MergedWeightsAloneComputeTheHookedModelAndUnmergeRestores) {
       auto plain = tiny(model_name, /*seed=*/99);
       plain->set_training(false);
       {
-        at::NoGradGuard no_grad;
+        c10::NoGradGuard no_grad;
         for (auto& [name, t] : plain->named_parameters()) t.copy_(merged_weights.at(name));
       }
       const at::Tensor alone = logits(peft::MethodSet{}, *plain, batch);

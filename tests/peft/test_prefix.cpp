@@ -1,6 +1,7 @@
 // Prefix tuning, prompt tuning and MAM: table rows for the generic method checks, closed-form
 // trainable counts on t5-base and stories260K, the prefix MLP's layout against a hand computation,
 // folding of the MLP after training, and the prompt's sampled-vocabulary initialization.
+#include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
@@ -108,7 +109,7 @@ TEST(PrefixTuning, KeysAndValuesAreSlicesOfTheMlpOutput) {
   const auto t = by_name(trainables);
   const auto& c = backbone->config();
   const int64_t P = 3, KV = c.num_kv_heads, D = c.d_kv, L = c.num_layers;
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   // The prefix code: MLP(E) viewed as [P, layers, 2 (key, value), heads, head_dim].
   const at::Tensor hidden = at::tanh(at::matmul(t.at("prefix.decoder.embedding"), t.at("prefix.decoder.mlp.0.weight").t()) +
                                      t.at("prefix.decoder.mlp.0.bias"));
@@ -134,7 +135,7 @@ TEST(PrefixTuning, TheMlpFoldsIntoFixedPrefixes) {
     auto backbone = tiny(name);
     method_set(with("prefix", kPrefix)).apply(*backbone);
     const auto batch = batch_for(backbone->config());
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     backbone->set_training(false);
     const at::Tensor want = backbone->forward(batch).logits;
     std::map<std::string, std::pair<at::Tensor, at::Tensor>> folded;
@@ -161,7 +162,7 @@ TEST(PrefixTuning, PrefixPromptAndMamChangeTheOutput) {
       auto tuned = tiny(name);
       method_set(args).apply(*tuned);
       const auto batch = batch_for(bare->config());
-      at::NoGradGuard no_grad;
+      c10::NoGradGuard no_grad;
       const at::Tensor want = bare->forward(batch).logits;
       const double diff = (want - tuned->forward(batch).logits).abs().max().item<double>();
       // Relative to the logits' scale (tiny-bert's classifier is N(0, 0.02²): its logits are ~1e-3).
