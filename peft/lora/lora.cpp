@@ -89,7 +89,9 @@ class Lora final : public Method {
       if (!t.site.empty()) {
         backbone.hooks().add_output(t.site, [a, b, scale, merged](const at::Tensor& h, const at::Tensor& x) {
           if (*merged) return h;
-          return h + at::matmul(at::matmul(x.to(a.scalar_type()), a.t()), b.t()) * scale;
+          // In the adapters' float32, added back in the backbone's dtype (as HF PEFT does): a bf16
+          // backbone keeps bf16 activations instead of being promoted to float32 from here on.
+          return h + (at::matmul(at::matmul(x.to(a.scalar_type()), a.t()), b.t()) * scale).to(h.scalar_type());
         });
       } else {
         backbone.hooks().set_weight(t.weight, [a, b, scale, merged](const at::Tensor& w) {
