@@ -21,7 +21,8 @@ PY = sys.executable                           # the project venv (torch 2.11, th
 STORIES = "data/stories260K/stories260K.bin"
 TOK = "data/stories260K/tok512.bin"
 T5_TOK = "data/tokenizers/t5-spiece.model"
-GPU_NOTE = "GPU: none on this machine (CPU-only LibTorch); no GPU numbers were measured."
+GPU_NOTE = ("No GPU on this machine: CPU numbers (torch 2.11's CUDA libtorch running on the CPU); GPU rows: "
+            "bench/results/gpu.md.")
 
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
 os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")

@@ -47,8 +47,10 @@ torch_version=2.11.0
 venv_python=.venv/bin/python
 if ! "$venv_python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$torch_version')" 2>/dev/null; then
   echo "setup: installing torch $torch_version into .venv (PyPI)"
+  t0=$SECONDS
   python3 -m venv .venv
   "$venv_python" -m pip install -q --disable-pip-version-check "torch==$torch_version" numpy
+  echo "setup: torch installed in $((SECONDS - t0)) s, .venv is $(du -sh .venv | cut -f1)"
 fi
 
 # ---- build --------------------------------------------------------------------------------------
