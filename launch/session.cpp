@@ -96,7 +96,6 @@ c10::Device resolve_device(const std::string& spec, int local_rank, int gpus) {
   return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(local_rank % gpus));
 }
 
-
 Session::Session(const SessionOptions& options) {
   auto& runtime = mpi_runtime();
   if (!runtime) runtime = std::make_unique<comm::MpiRuntime>(nullptr, nullptr);
@@ -116,9 +115,9 @@ Session::Session(const SessionOptions& options) {
     at::globalContext().lazyInitDevice(c10::kCUDA);
     c10::impl::VirtualGuardImpl(c10::kCUDA).setDevice(device_);
   }
-  // The cores this rank may run on: mpirun binds each rank to a core (or a socket) by default, and
-  // 8 threads on one bound core ran the main job 5x slower than 1 (330 ms against 60 ms a step on a
-  // 16-core GPU machine); unbound ranks split the node's cores.
+  // At most the cores this rank may run on: mpirun binds each rank to a core by default, and 8 threads
+  // on one bound core ran the CPU main job at 330 ms a step on a 16-core GPU machine, against 96 ms
+  // with one; unbound ranks split the node's cores.
   const int node_cores = static_cast<int>(std::thread::hardware_concurrency());
   const int share = default_threads(node_cores, mpi_comm_->local_size(), device_.is_cuda());
   threads_ = options.threads > 0 ? options.threads : std::min(share, std::max(1, usable_cores()));
