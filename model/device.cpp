@@ -16,9 +16,13 @@ void move_tensor(at::Tensor& t, const c10::Device& device, std::optional<c10::Sc
   t.set_data(cast ? t.to(device, *dtype) : t.to(device));
 }
 
+bool is_task_head(const std::string& name) {
+  return name.rfind("score.", 0) == 0 || name.rfind("classifier.", 0) == 0;
+}
+
 void backbone_to(Backbone& backbone, const c10::Device& device, std::optional<c10::ScalarType> frozen_dtype) {
   for (auto& [name, tensor] : backbone.named_parameters()) {
-    move_tensor(tensor, device, tensor.requires_grad() ? std::nullopt : frozen_dtype);
+    move_tensor(tensor, device, is_task_head(name) ? std::nullopt : frozen_dtype);
   }
 }
 

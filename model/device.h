@@ -23,8 +23,13 @@ namespace dt::model {
 // new storage. A tensor already there is left as it is.
 void move_tensor(at::Tensor& t, const c10::Device& device, std::optional<c10::ScalarType> dtype = std::nullopt);
 
-// Moves every parameter of `backbone` to `device`. With `frozen_dtype`, the frozen floating
-// parameters (requires_grad false) are also cast to it (--train.dtype bf16: big T5 on a GPU).
+// The tensors of a task's classification head ("score.*", "classifier.*"): always trained, in float32.
+bool is_task_head(const std::string& name);
+
+// Moves every parameter of `backbone` to `device`. With `frozen_dtype`, the floating parameters
+// other than the task head are also cast to it, as a bf16 weights file would give them
+// (--train.dtype bf16: big T5 on a GPU). Called before the methods attach, when nothing is frozen
+// yet; a method that trains backbone weights (`full`) keeps its own float32 copy.
 void backbone_to(Backbone& backbone, const c10::Device& device,
                  std::optional<c10::ScalarType> frozen_dtype = std::nullopt);
 

@@ -34,9 +34,7 @@ bool matches_any(const std::vector<std::string>& patterns, const std::string& na
   return false;
 }
 
-bool is_head_name(const std::string& name) {
-  return name.rfind("score.", 0) == 0 || name.rfind("classifier.", 0) == 0;
-}
+bool is_head_name(const std::string& name) { return model::is_task_head(name); }
 
 std::vector<model::TensorMeta> eligible_tensors(const model::ModelConfig& config,
                                                 const std::vector<std::string>& include,

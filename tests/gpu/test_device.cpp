@@ -137,9 +137,12 @@ TEST(Device, Bf16T5StepIsCloseToFloat32) {
   const DeviceCase c{"tiny-t5", {"--method", "lora", "--lora.targets", "q,v"}};
   auto backbone = testing::adapters::tiny(c.model);
   model::backbone_to(*backbone, *device, model::frozen_dtype("bf16"));
+  int64_t cast = 0;
   for (const auto& [name, t] : backbone->named_parameters()) {
-    if (!t.requires_grad()) EXPECT_EQ(t.scalar_type(), at::kBFloat16) << name;
+    EXPECT_EQ(t.scalar_type(), model::is_task_head(name) ? at::kFloat : at::kBFloat16) << name;
+    cast += t.scalar_type() == at::kBFloat16;
   }
+  EXPECT_GT(cast, 10);
   const peft::MethodSet set = testing::adapters::method_set(c.args);
   at::manual_seed(5);
   const auto trainables = set.apply(*backbone);

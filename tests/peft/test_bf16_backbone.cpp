@@ -5,12 +5,15 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <cmath>
 #include <cstdio>
 
+#include "model/device.h"
 #include "model/load.h"
 #include "model/safetensors.h"
 #include "model/t5.h"
 #include "tests/peft/test_adapters_util.h"
+#include "util/error.h"
 
 namespace dt::testing::adapters {
 namespace {
@@ -22,6 +25,29 @@ std::string bf16_tiny_t5() {
   const std::string path = ::testing::TempDir() + "/dt_peft_bf16_tiny_t5.safetensors";
   model::save_safetensors(path, tensors, model::config_metadata(f32->config()));
   return path;
+}
+
+// --train.dtype bf16: train casts a float32 backbone before the methods attach (nothing is frozen yet):
+// every weight but the task head becomes bf16, and the methods then train float32 tensors over it.
+TEST(Bf16Backbone, TrainDtypeCastsEveryWeightButTheHead) {
+  auto backbone = model::make_backbone(model::named_config("tiny-t5"), 2);
+  dynamic_cast<model::T5Backbone&>(*backbone).set_label_token_ids({5, 9});
+  model::backbone_to(*backbone, c10::Device(c10::kCPU), model::frozen_dtype("bf16"));
+  int64_t cast = 0;
+  for (const auto& [name, t] : backbone->named_parameters()) {
+    EXPECT_EQ(t.scalar_type(), model::is_task_head(name) ? at::kFloat : at::kBFloat16) << name;
+    cast += t.scalar_type() == at::kBFloat16;
+  }
+  EXPECT_GT(cast, 10);
+  const auto set = method_set({"--method", "lora", "--lora.targets", "q,v"});
+  const auto trainables = set.apply(*backbone);
+  for (const auto& t : trainables) EXPECT_EQ(t.tensor.scalar_type(), at::kFloat) << t.name;
+  const auto out = set.forward(*backbone, batch_for(backbone->config()));
+  out.loss.backward();
+  EXPECT_TRUE(std::isfinite(out.loss.item<double>()));
+  for (const auto& t : trainables) EXPECT_TRUE(t.tensor.grad().defined()) << t.name;
+  EXPECT_FALSE(model::frozen_dtype("fp32").has_value());
+  EXPECT_THROW(model::frozen_dtype("fp8"), dt::UsageError);
 }
 
 TEST(Bf16Backbone, MethodsTrainFloat32TensorsOverBf16Weights) {
