@@ -40,9 +40,10 @@ int run_eval(const po::variables_map& vm) {
   overrides.task = option_or_empty(vm, "task");
   RestoredModel r = restore_model(path, overrides, /*check_identity=*/comm.rank() == 0);
   const dist::TaskInfo& task = *r.task;
-  // Restored on the host; the forward runs on --device (the frozen weights in the training dtype).
+  // Restored on the host; the forward runs on --device, the frozen weights in the training dtype (the
+  // methods are attached already: what they train stays float32).
   model::backbone_to(*r.model.backbone, session.device(),
-                     model::frozen_dtype(r.options["train.dtype"].as<std::string>()));
+                     model::frozen_dtype(r.options["train.dtype"].as<std::string>()), /*only_frozen=*/true);
   r.methods.to(session.device(), r.trainables);
   log::info("eval {}: step {}, method {}, {} rank(s)", path, r.state.step, r.state.method, comm.size());
 

@@ -20,9 +20,11 @@ bool is_task_head(const std::string& name) {
   return name.rfind("score.", 0) == 0 || name.rfind("classifier.", 0) == 0;
 }
 
-void backbone_to(Backbone& backbone, const c10::Device& device, std::optional<c10::ScalarType> frozen_dtype) {
+void backbone_to(Backbone& backbone, const c10::Device& device, std::optional<c10::ScalarType> frozen_dtype,
+                 bool only_frozen) {
   for (auto& [name, tensor] : backbone.named_parameters()) {
-    move_tensor(tensor, device, is_task_head(name) ? std::nullopt : frozen_dtype);
+    const bool keep = is_task_head(name) || (only_frozen && tensor.requires_grad());
+    move_tensor(tensor, device, keep ? std::nullopt : frozen_dtype);
   }
 }
 

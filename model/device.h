@@ -28,10 +28,11 @@ bool is_task_head(const std::string& name);
 
 // Moves every parameter of `backbone` to `device`. With `frozen_dtype`, the floating parameters
 // other than the task head are also cast to it, as a bf16 weights file would give them
-// (--train.dtype bf16: big T5 on a GPU). Called before the methods attach, when nothing is frozen
-// yet; a method that trains backbone weights (`full`) keeps its own float32 copy.
+// (--train.dtype bf16: big T5 on a GPU). Before the methods attach nothing is frozen yet, and a
+// method that trains backbone weights (`full`) makes its own float32 copy; after they attached (eval
+// of a checkpoint), `only_frozen` leaves the trained tensors (requires_grad) as they are.
 void backbone_to(Backbone& backbone, const c10::Device& device,
-                 std::optional<c10::ScalarType> frozen_dtype = std::nullopt);
+                 std::optional<c10::ScalarType> frozen_dtype = std::nullopt, bool only_frozen = false);
 
 // The device of the backbone's first parameter.
 c10::Device backbone_device(const Backbone& backbone);

@@ -46,6 +46,12 @@ TEST(Bf16Backbone, TrainDtypeCastsEveryWeightButTheHead) {
   out.loss.backward();
   EXPECT_TRUE(std::isfinite(out.loss.item<double>()));
   for (const auto& t : trainables) EXPECT_TRUE(t.tensor.grad().defined()) << t.name;
+  // After the methods attached (eval of a checkpoint), what they train is left in float32.
+  auto full = model::make_backbone(model::named_config("tiny-t5"), 2);
+  const auto full_set = method_set({"--method", "full"});
+  const auto full_trainables = full_set.apply(*full);
+  model::backbone_to(*full, c10::Device(c10::kCPU), model::frozen_dtype("bf16"), /*only_frozen=*/true);
+  for (const auto& t : full_trainables) EXPECT_EQ(t.tensor.scalar_type(), at::kFloat) << t.name;
   EXPECT_FALSE(model::frozen_dtype("fp32").has_value());
   EXPECT_THROW(model::frozen_dtype("fp8"), dt::UsageError);
 }
