@@ -35,10 +35,9 @@ def rel(path):
 
 
 def mpirun(np_, monitor=None, bind=True, env=()):
-    """The mpirun prefix: np ranks, core binding for timing runs, optional Open MPI monitoring."""
-    cmd = ["mpirun", "-np", str(np_), "--oversubscribe"]
-    if bind:
-        cmd += ["--bind-to", "core"]
+    """The mpirun prefix: np ranks, core binding for timing runs (bind=False: unbound, the rank may use
+    every core; mpirun's own default would bind it to one), optional Open MPI monitoring."""
+    cmd = ["mpirun", "-np", str(np_), "--oversubscribe", "--bind-to", "core" if bind else "none"]
     if monitor:
         # No `--mca pml ob1`: it would turn the monitoring PML off.
         cmd += ["--mca", "pml_monitoring_enable", "2", "--mca", "pml_monitoring_enable_output", "3",

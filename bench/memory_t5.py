@@ -59,8 +59,7 @@ def main():
         C.clean(rss)
         if os.path.exists(metrics):
             os.remove(metrics)
-        unbound = [] if ranks > 1 else ["--bind-to", "none"]
-        rc, out = log.run(C.mpirun(ranks, bind=ranks > 1) + unbound + C.rss_wrap(C.rel(rss)) + [
+        rc, out = log.run(C.mpirun(ranks, bind=ranks > 1) + C.rss_wrap(C.rel(rss)) + [
             C.BIN, "train", "--model", "t5-base", "--tokenizer", C.T5_TOK, "--task", "sst2", "--method", m,
             *EXTRA.get(m, []), "--train.steps", str(steps), *shape_args,
             "--train.eval-every", "0", "--train.eval-max", "4", "--metrics", C.rel(metrics)], check=False, timeout=1800)

@@ -23,7 +23,8 @@ namespace dt::model {
 // new storage. A tensor already there is left as it is.
 void move_tensor(at::Tensor& t, const c10::Device& device, std::optional<c10::ScalarType> dtype = std::nullopt);
 
-// The tensors of a task's classification head ("score.*", "classifier.*"): always trained, in float32.
+// The tensors of a task's classification head ("score.*", "classifier.*", those of peft::head_plan):
+// always trained, in float32; never FISH-eligible; optional in a weights file.
 bool is_task_head(const std::string& name);
 
 // Moves every parameter of `backbone` to `device`. With `frozen_dtype`, the floating parameters

@@ -9,6 +9,7 @@
 #include <set>
 #include <sstream>
 
+#include "model/device.h"
 #include "model/llama.h"
 #include "model/llama2c.h"
 #include "model/safetensors.h"
@@ -23,15 +24,11 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
 
-bool is_head_name(const std::string& name) {
-  return starts_with(name, "score.") || starts_with(name, "classifier.");
-}
-
 // Tensors HF files carry that are not parameters of our backbones (buffers, tied aliases,
 // pretraining heads, a task head when the backbone is loaded without one); dropped when the
 // backbone has no parameter of that name.
 bool ignorable(const std::string& name) {
-  return is_head_name(name) || ends_with(name, "rotary_emb.inv_freq") || ends_with(name, "position_ids") ||
+  return is_task_head(name) || ends_with(name, "rotary_emb.inv_freq") || ends_with(name, "position_ids") ||
          name == "encoder.embed_tokens.weight" || name == "decoder.embed_tokens.weight" ||
          starts_with(name, "cls.");
 }
@@ -228,7 +225,7 @@ void load_weights(Backbone& backbone, const std::vector<std::pair<std::string, a
     known.insert(name);
     auto it = given.find(name);
     if (it == given.end()) {
-      if (!is_head_name(name)) missing.push_back(name);
+      if (!is_task_head(name)) missing.push_back(name);
       continue;
     }
     if (it->second.sizes() != p.sizes())

@@ -76,7 +76,8 @@ struct T5Backbone::Impl {
 
   // [1, H, q_len, k_len] learned bias of the bucketed relative positions (block 0 owns the table).
   at::Tensor position_bias(const std::string& attention, int64_t q_len, int64_t k_len, bool bidirectional) const {
-    const auto opts = torch::TensorOptions().dtype(torch::kLong).device(W("shared.weight").device());
+    // The device read off the parameter itself: W() would run a weight hook (FISH's scatter) for nothing.
+    const auto opts = torch::TensorOptions().dtype(torch::kLong).device(params.at("shared.weight").device());
     const at::Tensor relative = torch::arange(k_len, opts).unsqueeze(0) - torch::arange(q_len, opts).unsqueeze(1);
     const at::Tensor buckets = relative_position_bucket(relative, bidirectional, config.relative_attention_num_buckets,
                                                         config.relative_attention_max_distance);

@@ -204,7 +204,7 @@ std::vector<peft::Trainable> FishMethod::attach(model::Backbone& backbone) {
       Mask loaded = load_mask(options_.mask_path);
       std::vector<model::TensorMeta> tensors;
       for (auto& meta : model::describe(backbone.config())) {
-        if (!is_head_name(meta.name)) tensors.push_back(std::move(meta));
+        if (!model::is_task_head(meta.name)) tensors.push_back(std::move(meta));
       }
       check_mask_fits(loaded, tensors, options_.mask_path);
       set_mask(std::move(loaded));

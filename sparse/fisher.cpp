@@ -34,14 +34,13 @@ bool matches_any(const std::vector<std::string>& patterns, const std::string& na
   return false;
 }
 
-bool is_head_name(const std::string& name) { return model::is_task_head(name); }
 
 std::vector<model::TensorMeta> eligible_tensors(const model::ModelConfig& config,
                                                 const std::vector<std::string>& include,
                                                 const std::vector<std::string>& exclude) {
   std::vector<model::TensorMeta> out;
   for (auto& meta : model::describe(config)) {
-    if (is_head_name(meta.name) || !matches_any(include, meta.name) || matches_any(exclude, meta.name)) continue;
+    if (model::is_task_head(meta.name) || !matches_any(include, meta.name) || matches_any(exclude, meta.name)) continue;
     out.push_back(std::move(meta));
   }
   return out;

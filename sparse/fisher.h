@@ -40,8 +40,6 @@ std::vector<std::string> split_globs(const std::string& text);
 // Shell-style match ('*' also crosses dots): "*.q.weight" matches "encoder.block.0.layer.0.SelfAttention.q.weight".
 bool glob_match(const std::string& pattern, const std::string& name);
 bool matches_any(const std::vector<std::string>& patterns, const std::string& name);
-// score.*, classifier.* (the classification heads of peft::head_plan).
-bool is_head_name(const std::string& name);
 
 // The eligible tensors of `config` (no allocation), in describe() order.
 std::vector<model::TensorMeta> eligible_tensors(const model::ModelConfig& config,

@@ -13,6 +13,7 @@
 #include <numeric>
 #include <random>
 
+#include "model/device.h"
 #include "model/load.h"
 #include "sparse/index_codec.h"
 #include "sparse/methods.h"
@@ -266,7 +267,7 @@ TEST(Fisher, EqualsBruteForcePerExampleSquaredGradients) {
   std::map<std::string, at::Tensor> want, batch_want;
   std::vector<at::Tensor> g_sum;
   for (auto& [name, p] : backbone->named_parameters()) {
-    if (sparse::is_head_name(name)) continue;
+    if (model::is_task_head(name)) continue;
     p.requires_grad_(true);
     want[name] = at::zeros_like(p);
     batch_want[name] = at::zeros_like(p);
