@@ -3,6 +3,10 @@
 
 #include <ATen/TensorOperators.h>
 #include <c10/core/GradMode.h>
+#include <ATen/ops/_foreach_add.h>
+#include <ATen/ops/_foreach_mul.h>
+#include <ATen/ops/_foreach_norm.h>
+#include <ATen/ops/_fused_adamw.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <ATen/ops/stack.h>
@@ -36,15 +40,21 @@ at::Tensor& Optimizer::ParamState::slot(const std::string& name) {
 
 void Optimizer::step(double lr) {
   c10::NoGradGuard no_grad;
+  std::vector<size_t> ready;
   for (size_t i = 0; i < params_.size(); ++i) {
-    at::Tensor& p = params_[i].second;
+    const at::Tensor& p = params_[i].second;
     const at::Tensor& g = p.grad();
     if (!g.defined()) continue;
     DT_CHECK(g.sizes() == p.sizes(), "optimizer: gradient of '" + params_[i].first +
                                          "' has another shape than the parameter");
     states_[i].step += 1;
-    update(p, g, states_[i], lr);
+    ready.push_back(i);
   }
+  update_all(ready, lr);
+}
+
+void Optimizer::update_all(const std::vector<size_t>& ready, double lr) {
+  for (size_t i : ready) update(params_[i].second, params_[i].second.grad(), states_[i], lr);
 }
 
 void Optimizer::zero_grad() {
@@ -113,6 +123,7 @@ void Optimizer::set_state(const NamedTensors& saved) {
     auto it = by_name.find(name + ".step");
     if (it == by_name.end()) throw_usage_error("optimizer state lacks '" + name + ".step'");
     states_[i].step = it->second->item<int64_t>();
+    states_[i].device_step_value = -1;
     for (auto& [slot, t] : states_[i].slots) {
       auto s = by_name.find(name + "." + slot);
       if (s == by_name.end()) throw_usage_error("optimizer state lacks '" + name + "." + slot + "'");
@@ -150,6 +161,41 @@ void AdamW::update(at::Tensor& param, const at::Tensor& grad, ParamState& state,
   const double step_size = lr / bias_correction1;
   const at::Tensor denom = (exp_avg_sq.sqrt() / std::sqrt(bias_correction2)).add_(o.eps);
   param.addcdiv_(exp_avg, denom, -step_size);
+}
+
+void AdamW::update_all(const std::vector<size_t>& ready, double lr) {
+  if (!options_.fused) return Optimizer::update_all(ready, lr);
+  const AdamWOptions& o = options_;
+  // One kernel per (device, dtype): the fused op wants every list on one device in one dtype.
+  std::map<std::pair<std::string, int>, std::vector<size_t>> groups;
+  for (size_t i : ready) {
+    const at::Tensor& p = params_[i].second;
+    groups[{p.device().str(), static_cast<int>(p.scalar_type())}].push_back(i);
+  }
+  for (const auto& [key, members] : groups) {
+    std::vector<at::Tensor> params, grads, exp_avgs, exp_avg_sqs, steps, to_advance;
+    for (size_t i : members) {
+      at::Tensor& p = params_[i].second;
+      ParamState& state = states_[i];
+      at::Tensor& step = state.device_step;
+      if (!step.defined()) step = at::zeros({}, p.options().dtype(at::kFloat));
+      // The kernel advances nothing itself; torch adds 1 to every step tensor first.
+      if (state.device_step_value == state.step - 1) {
+        to_advance.push_back(step);
+      } else {
+        step.fill_(static_cast<double>(state.step));
+      }
+      state.device_step_value = state.step;
+      params.push_back(p);
+      grads.push_back(p.grad());
+      exp_avgs.push_back(states_[i].slot("exp_avg"));
+      exp_avg_sqs.push_back(states_[i].slot("exp_avg_sq"));
+      steps.push_back(step);
+    }
+    if (!to_advance.empty()) at::_foreach_add_(to_advance, 1.0);
+    at::_fused_adamw_(params, grads, exp_avgs, exp_avg_sqs, /*max_exp_avg_sqs=*/{}, steps, lr, o.beta1,
+                      o.beta2, o.weight_decay, o.eps, /*amsgrad=*/false, /*maximize=*/false);
+  }
 }
 
 // ---- Adafactor ---------------------------------------------------------------------------------
@@ -246,21 +292,23 @@ double LrSchedule::lr(int64_t step) const {
 
 double clip_grad_norm(const NamedTensors& params, double max_norm) {
   c10::NoGradGuard no_grad;
-  // Per-tensor norms on the gradients' device, then one norm of norms: a single host sync.
-  std::vector<at::Tensor> norms;
+  // Per-tensor norms on the gradients' device (one foreach launch per device and dtype where ATen
+  // has the fast path), then one norm of norms: a single host sync.
+  std::map<std::pair<std::string, int>, std::vector<at::Tensor>> grads;
   for (const auto& [name, p] : params) {
     const at::Tensor& g = p.grad();
-    if (g.defined()) norms.push_back(at::linalg_vector_norm(g, 2, c10::nullopt, false, at::kDouble));
+    if (g.defined()) grads[{g.device().str(), static_cast<int>(g.scalar_type())}].push_back(g);
   }
-  if (norms.empty()) return 0.0;
+  if (grads.empty()) return 0.0;
+  std::vector<at::Tensor> norms;  // one per group, brought to the host together
+  for (const auto& [key, group] : grads) {
+    norms.push_back(at::linalg_vector_norm(at::stack(at::_foreach_norm(group, 2, at::kDouble)), 2).cpu());
+  }
   const double norm = at::linalg_vector_norm(at::stack(norms), 2).item<double>();
   if (max_norm > 0.0) {
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1.0) {
-      for (const auto& [name, p] : params) {
-        at::Tensor g = p.grad();
-        if (g.defined()) g.mul_(coef);
-      }
+      for (auto& [key, group] : grads) at::_foreach_mul_(group, coef);
     }
   }
   return norm;

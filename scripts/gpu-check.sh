@@ -25,8 +25,9 @@
 #
 # Environment: BUILD_DIR (default build-gpu; the binary is BUILD_DIR/deltatune), DEBS (default .gpu/debs),
 # GPU_CHECK_BUDGET_S, GPU_CHECK_STEPS (a subset, e.g. "bench threads"; the build steps always run, and are
-# incremental on a machine that has built once), JOBS (default nproc), and for a short rerun BUILD_TARGETS
-# (e.g. "deltatune test_device"), CTEST_GPU_ARGS (e.g. "-R test_device"), BENCH_ARGS (e.g. "--models t5-3b").
+# incremental on a machine that has built once), JOBS (default nproc), BENCH_CAP_S (the benchmark's limit, default
+# 240: stories260K and T5-base take ~110 s of it, T5-3B ~135 s), and for a short rerun BUILD_TARGETS
+# (e.g. "deltatune test_device"), CTEST_GPU_ARGS (e.g. "-R test_device"), CTEST_ARGS (the same for the CPU tests), BENCH_ARGS (e.g. "--models t5-3b").
 # Under the device tool (OUT set, no OUT_DIR argument), which returns at most 8 files, the results are packed at
 # the end into OUT/gpu-check.tar.gz, with status.json, summary.txt, gpu.json, gpu.md, threads.json and
 # commbench_nccl.json kept beside it.
@@ -158,12 +159,13 @@ needs_bin commbench && step commbench 60 "$bin" commbench --dist.backend nccl -b
 
 # ---- deltatune vs PyTorch eager ----------------------------------------------------------------------------------
 # run.py stops starting runs 15 s before its own limit, so that it ends on its own and writes every row.
-t=$(left 240)
+bench_cap=${BENCH_CAP_S:-240}
+t=$(left "$bench_cap")
 if [ "$t" -ge 35 ]; then
   # shellcheck disable=SC2086  # BENCH_ARGS: extra words, e.g. "--models t5-3b"
-  step bench 240 "$py" bench/gpu/run.py --out "$out/gpu.json" --budget-s $(( t - 15 )) ${BENCH_ARGS:-}
+  step bench "$bench_cap" "$py" bench/gpu/run.py --out "$out/gpu.json" --budget-s $(( t - 15 )) ${BENCH_ARGS:-}
 elif wanted bench; then
-  record bench skipped -1 0 240 "the time budget was spent"
+  record bench skipped -1 0 "$bench_cap" "the time budget was spent"
 fi
 
 # ---- host threads: the CPU main job, 2 ranks as mpirun binds them (one core each), 150 steps (a 64-example
@@ -177,7 +179,7 @@ done
 ls "$out"/threads_*.jsonl > /dev/null 2>&1 && "$py" bench/gpu/report.py threads "$out"
 
 # ---- every other test (-LE gpu: those ran above), with what time is left: the CPU suite runs on every CI ----------
-[ -f "$build/CTestTestfile.cmake" ] && step ctest 180 ctest --test-dir "$build" -LE gpu -j 8 --output-on-failure \
+[ -f "$build/CTestTestfile.cmake" ] && step ctest 180 ctest --test-dir "$build" -LE gpu -j 8 ${CTEST_ARGS:-} --output-on-failure \
   --timeout 120 --output-junit "$out/ctest.xml"
 
 # ---- summary (and, under the device tool, one archive) --------------------------------------------------------

@@ -81,10 +81,21 @@ TEST(Optim, MatchesPyTorchReferenceStepByStep) {
   const json& doc = golden();
   ASSERT_EQ(doc["cases"].size(), 4u);
   const auto lrs = doc["lrs"].get<std::vector<double>>();
+  // AdamW twice: the fused kernel (the default) and the op-by-op update it replaced.
+  std::vector<std::pair<const json*, bool>> runs;
   for (const json& c : doc["cases"]) {
-    SCOPED_TRACE(c["optimizer"].get<std::string>() + " " + c["options"].dump());
+    runs.emplace_back(&c, true);
+    if (c["optimizer"] == "adamw") runs.emplace_back(&c, false);
+  }
+  ASSERT_GT(runs.size(), doc["cases"].size());
+  for (const auto& [case_doc, fused] : runs) {
+    const json& c = *case_doc;
+    SCOPED_TRACE(c["optimizer"].get<std::string>() + " " + c["options"].dump() +
+                 (fused ? "" : " op by op"));
     NamedTensors params = initial_params();
-    auto opt = make_optimizer(params, options_of(c));
+    OptimizerOptions options = options_of(c);
+    options.adamw.fused = fused;
+    auto opt = make_optimizer(params, options);
     double worst = 0.0, moved = 0.0;
     for (size_t s = 0; s < lrs.size(); ++s) {
       set_grads(params, s);
@@ -98,8 +109,9 @@ TEST(Optim, MatchesPyTorchReferenceStepByStep) {
       }
     }
     EXPECT_GT(moved, 1e-3);  // the reference really moved the parameters
-    std::printf("%s %s: max |ours - torch| over 4 steps %.3g (largest parameter change %.3g)\n",
-                c["optimizer"].get<std::string>().c_str(), c["options"].dump().c_str(), worst, moved);
+    std::printf("%s%s %s: max |ours - torch| over 4 steps %.3g (largest parameter change %.3g)\n",
+                c["optimizer"].get<std::string>().c_str(), fused ? "" : " (op by op)",
+                c["options"].dump().c_str(), worst, moved);
     // State: every reference slot, under the same name, with the same values and step counts.
     std::map<std::string, at::Tensor> mine;
     for (const auto& [k, t] : opt->state()) mine[k] = t;
