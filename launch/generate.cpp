@@ -48,10 +48,8 @@ int run_generate(const po::variables_map& vm) {
   // A small model generates fastest on one thread (one token is a few tiny matmuls).
   at::set_num_threads(threads > 0 ? threads : 1);
 
-  // A named config is checked before anything is allocated (t5-11b would take a while to refuse).
-  const bool is_file = model_path.size() > 4 && (model_path.rfind(".bin") == model_path.size() - 4 ||
-                                                 model_path.find(".safetensors") != std::string::npos);
-  if (!is_file && model::named_config(model_path).arch != model::Arch::Llama)
+  // The config is checked before any weight is read (t5-11b would take a while to refuse).
+  if (model::read_model_config(model_path).arch != model::Arch::Llama)
     throw_usage_error("generate needs a decoder-only (Llama) model; '" + model_path +
                       "' is an encoder or encoder-decoder");
   auto backbone = model::load_backbone(model_path, 0);

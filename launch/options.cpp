@@ -31,7 +31,7 @@ void add_model_options(po::options_description& desc) {
   desc.add_options()
       ("model", po::value<std::string>()->default_value("data/stories260K/stories260K.bin"),
        "built-in config name (t5-small, t5-base, t5-large, t5-3b, t5-11b, t5-v1_1-*, bert-base, tiny-*) or a weights "
-       "file (.safetensors, llama2.c .bin)")
+       "file (.safetensors, llama2.c .bin) or a Hugging Face model directory (its model.safetensors + config.json)")
       ("tokenizer", po::value<std::string>()->default_value("data/stories260K/tok512.bin"),
        "tokenizer file: SentencePiece .model, WordPiece vocab .txt, llama2.c .bin")
       ("task", po::value<std::string>()->default_value("sst2"), "GLUE task: sst2 | cola | rte")

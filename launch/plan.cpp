@@ -4,7 +4,8 @@
 // Design note: everything comes from the meta description (model::describe) and the methods' plan()
 // (peft::MethodSet), i.e. names, shapes and dtypes only, so `plan --model t5-11b` runs in a few MB.
 // A weights file is read for its header only: a llama2.c `.bin` for its 7 int32, a `.safetensors`
-// for its JSON header (the data section is mapped, never touched).
+// for its JSON header and the config.json beside it (the data section is mapped, never touched), a
+// directory as its model.safetensors.
 //   total_params             the backbone's parameters (the published count; no task head)
 //   trainable_params/_bytes  what the methods create or unfreeze, task head included
 //   eligible_params          the pool a sparse method chooses from (the backbone, for now)
@@ -21,8 +22,7 @@
 
 #include "launch/cli.h"
 #include "model/config.h"
-#include "model/llama2c.h"
-#include "model/safetensors.h"
+#include "model/load.h"
 #include "dist/glue.h"
 #include "peft/method.h"
 #include "sparse/methods.h"
@@ -98,22 +98,13 @@ int run_plan(const po::variables_map& vm) {
   std::vector<model::TensorMeta> metas, trainable;
   std::string arch = "?";
   sparse::SparseAccounting sparse_acc;  // eligible pool and index bytes of sparse methods
-  if (ends_with(model_arg, ".safetensors")) {
-    const auto file = model::SafetensorsFile::open(model_arg);
-    for (const auto& e : file.entries()) metas.push_back({e.name, e.shape, e.dtype});
-    if (methods.describe() != "full") {
-      throw UsageError("plan " + model_arg + ": a safetensors file is planned for --method full only; give the "
-                       "named config (--model t5-base, ...) to plan --method " + methods.describe());
-    }
-    trainable = metas;
-  } else {
-    const model::ModelConfig config =
-        ends_with(model_arg, ".bin") ? model::read_llama2c_config(model_arg) : model::named_config(model_arg);
-    metas = model::describe(config);
-    trainable = methods.plan(config, num_labels);
-    sparse_acc = sparse::sparse_accounting(methods, config);
-    arch = arch_name(config.arch);
-  }
+  // A named config, a llama2.c file, a safetensors file or a HF model directory: the config only (sizes from
+  // the header and config.json; no weights read), so every method plans on real files as on named configs.
+  const model::ModelConfig config = model::read_model_config(model_arg);
+  metas = model::describe(config);
+  trainable = methods.plan(config, num_labels);
+  sparse_acc = sparse::sparse_accounting(methods, config);
+  arch = arch_name(config.arch);
 
   const int64_t total = model::total_params(metas);
   const int64_t trainable_params = model::total_params(trainable);

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -116,6 +117,17 @@ ModelConfig llama_config(const ConfigReader& r) {
   c.max_seq_len = r.integer("max_position_embeddings", 2048);
   c.norm_eps = r.number("rms_norm_eps", 1e-6);
   c.rope_theta = r.number("rope_theta", 10000.0);
+  // transformers 5 writes it under rope_parameters (with rope_type); only the default rotation exists here.
+  if (auto rp = r.j.find("rope_parameters"); rp != r.j.end() && rp->is_object()) {
+    const ConfigReader nested{*rp, r.source + " rope_parameters"};
+    c.rope_theta = nested.number("rope_theta", c.rope_theta);
+    const std::string type = nested.text("rope_type", "default");
+    if (type != "default")
+      throw_usage_error(r.source + ": rope_type '" + type + "' is not supported (only the default rotation)");
+  }
+  if (r.j.contains("head_dim") && r.integer("head_dim") != c.d_kv)
+    throw_usage_error(r.source + ": head_dim " + std::to_string(r.integer("head_dim")) + " != hidden_size / " +
+                      "num_attention_heads = " + std::to_string(c.d_kv) + " (not supported)");
   c.tie_word_embeddings = r.boolean("tie_word_embeddings", false);
   c.gated_ffn = true;
   c.activation = "silu";
@@ -162,16 +174,10 @@ ModelConfig bert_config(const ConfigReader& r) {
   return c;
 }
 
-std::unique_ptr<Backbone> load_safetensors(const std::string& path, int64_t num_labels) {
-  SafetensorsFile file = SafetensorsFile::open(path);
-  std::vector<std::pair<std::string, at::Tensor>> tensors;
+// The architecture from the tensor names, the sizes from the config (metadata or config.json).
+ModelConfig safetensors_config(const SafetensorsFile& file, const std::string& path) {
   bool bert_prefix = false;
   for (const auto& e : file.entries()) bert_prefix |= starts_with(e.name, "bert.");
-  for (const auto& e : file.entries()) {
-    // HF's BertFor* files put the encoder under "bert."; our BERT backbone is the bare BertModel.
-    std::string name = bert_prefix && starts_with(e.name, "bert.") ? e.name.substr(5) : e.name;
-    tensors.emplace_back(name, file.tensor(e.name));
-  }
   const nlohmann::json j = config_json(file);
   ConfigReader reader{j, path};
   ModelConfig config;
@@ -189,6 +195,20 @@ std::unique_ptr<Backbone> load_safetensors(const std::string& path, int64_t num_
                       "shared.weight (T5) or embeddings.word_embeddings.weight (BERT)");
   }
   config.name = path;
+  return config;
+}
+
+std::unique_ptr<Backbone> load_safetensors(const std::string& path, int64_t num_labels) {
+  SafetensorsFile file = SafetensorsFile::open(path);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  bool bert_prefix = false;
+  for (const auto& e : file.entries()) bert_prefix |= starts_with(e.name, "bert.");
+  for (const auto& e : file.entries()) {
+    // HF's BertFor* files put the encoder under "bert."; our BERT backbone is the bare BertModel.
+    std::string name = bert_prefix && starts_with(e.name, "bert.") ? e.name.substr(5) : e.name;
+    tensors.emplace_back(name, file.tensor(e.name));
+  }
+  const ModelConfig config = safetensors_config(file, path);
   std::unique_ptr<Backbone> backbone;
   try {
     backbone = config.arch == Arch::Llama ? make_llama_uninitialized(config, num_labels)
@@ -225,7 +245,9 @@ void load_weights(Backbone& backbone, const std::vector<std::pair<std::string, a
     known.insert(name);
     auto it = given.find(name);
     if (it == given.end()) {
-      if (!is_task_head(name)) missing.push_back(name);
+      // HF's *ForSequenceClassification files have the task head and no LM head (unused by classification).
+      const bool classifier_file = given.count("score.weight") || given.count("classifier.weight");
+      if (!is_task_head(name) && !(name == "lm_head.weight" && classifier_file)) missing.push_back(name);
       continue;
     }
     if (it->second.sizes() != p.sizes())
@@ -300,7 +322,25 @@ std::map<std::string, std::string> config_metadata(const ModelConfig& c) {
   return m;
 }
 
-std::unique_ptr<Backbone> load_backbone(const std::string& path_or_name, int64_t num_labels) {
+std::string resolve_model_path(const std::string& path_or_name) {
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path_or_name, ec)) return path_or_name;
+  const std::string file = path_or_name + (ends_with(path_or_name, "/") ? "" : "/") + "model.safetensors";
+  if (!std::filesystem::exists(file, ec))
+    throw_usage_error("--model " + path_or_name + ": a directory without model.safetensors (a Hugging Face "
+                      "model directory holds model.safetensors and config.json)");
+  return file;
+}
+
+ModelConfig read_model_config(const std::string& path_or_name) {
+  const std::string path = resolve_model_path(path_or_name);
+  if (ends_with(path, ".bin")) return read_llama2c_config(path);
+  if (ends_with(path, ".safetensors")) return safetensors_config(SafetensorsFile::open(path), path);
+  return named_config(path);
+}
+
+std::unique_ptr<Backbone> load_backbone(const std::string& path_or_name_or_dir, int64_t num_labels) {
+  const std::string path_or_name = resolve_model_path(path_or_name_or_dir);
   if (ends_with(path_or_name, ".bin")) {
     Llama2cModel m = read_llama2c(path_or_name);
     auto backbone = make_llama_uninitialized(m.config, num_labels);

@@ -1,6 +1,7 @@
 // model/load.h — a backbone from `--model`: a named config (random init) or a weights file.
 //
 // Design note: one entry point, dispatched by what the user gave:
+//   * a directory      DIR/model.safetensors (a Hugging Face model directory: config.json beside it);
 //   * "*.bin"          llama2.c checkpoint (model/llama2c.h), Llama;
 //   * "*.safetensors"  HF-named weights; the architecture from the tensor names (Llama:
 //                      model.embed_tokens.weight, T5: shared.weight, BERT: embeddings.* with or
@@ -30,6 +31,12 @@ namespace dt::model {
 // Throws dt::UsageError naming the file (or name) and the problem.
 std::unique_ptr<Backbone> load_backbone(const std::string& path_or_name, int64_t num_labels);
 
+// The config load_backbone would build, without reading any weights (plan, checks).
+ModelConfig read_model_config(const std::string& path_or_name);
+
+// A directory becomes DIR/model.safetensors (a UsageError if it has none); anything else is returned as is.
+std::string resolve_model_path(const std::string& path_or_name);
+
 // The architecture's factory for `config` (random init).
 std::unique_ptr<Backbone> make_backbone(const ModelConfig& config, int64_t num_labels);
 
@@ -41,7 +48,8 @@ std::unique_ptr<Backbone> make_bert(const ModelConfig& config, int64_t num_label
 
 // Installs `tensors` (HF names) into `backbone`'s parameters by name. Every backbone parameter must
 // be present with its exact shape, except task-head parameters (score.*, classifier.*), which keep
-// their initialization when absent; names the backbone does not have are errors, except known
+// their initialization when absent, and lm_head.weight when the file is a classifier's (HF's
+// LlamaForSequenceClassification saves score.weight and no LM head); names the backbone does not have are errors, except known
 // non-parameters of HF files (rotary_emb.inv_freq, position_ids, T5's encoder/decoder.embed_tokens
 // aliases of shared.weight, BERT's cls.* pretraining heads) and a task head the backbone lacks
 // (a classification checkpoint read as a plain LM). `source` names the file in messages.

