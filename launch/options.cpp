@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <set>
 #include <map>
 #include <sstream>
 
@@ -87,6 +88,22 @@ namespace {
   throw_usage_error("deltatune " + sub.name + ": " + what + " (see deltatune " + sub.name + " --help)");
 }
 
+// An option given twice on the command line (a config's value overridden in a batch script, say) keeps
+// its last value, as argparse and torchrun do; program_options would refuse it as "specified more than
+// once". Options that compose (lists) keep every occurrence.
+po::parsed_options last_occurrence_wins(po::parsed_options parsed, const po::options_description& desc) {
+  std::set<std::string> seen;
+  std::vector<po::option> kept;
+  for (auto it = parsed.options.rbegin(); it != parsed.options.rend(); ++it) {
+    const po::option_description* d = it->string_key.empty() ? nullptr : desc.find_nothrow(it->string_key, false);
+    const bool composing = d != nullptr && d->semantic()->is_composing();
+    if (!it->string_key.empty() && !composing && !seen.insert(it->string_key).second) continue;
+    kept.push_back(*it);
+  }
+  parsed.options.assign(kept.rbegin(), kept.rend());
+  return parsed;
+}
+
 }  // namespace
 
 po::variables_map parse_options(const Subcommand& sub, const po::options_description& desc,
@@ -95,7 +112,8 @@ po::variables_map parse_options(const Subcommand& sub, const po::options_descrip
   try {
     po::positional_options_description positional;
     for (const auto& name : sub.positional) positional.add(name.c_str(), 1);
-    po::store(po::command_line_parser(args).options(desc).positional(positional).run(), vm);
+    po::parsed_options command_line = po::command_line_parser(args).options(desc).positional(positional).run();
+    po::store(last_occurrence_wins(command_line, desc), vm);
     if (vm.count("config")) {
       const std::string path = vm["config"].as<std::string>();
       std::ifstream file(path);

@@ -79,17 +79,11 @@ std::vector<int64_t> lst_kept_layers(int64_t layers, const std::vector<int64_t>&
 
 namespace {
 
-bool side_fits(const model::ModelConfig& c, int64_t r) {
-  if (c.d_model % r != 0 || c.d_ff % r != 0 || c.d_kv % r != 0) return false;
-  return c.arch != model::Arch::Llama || (c.d_kv / r) % 2 == 0;
-}
-
-std::string working_r(const model::ModelConfig& c) {
-  std::string out;
-  for (int64_t r = 2; r <= c.d_kv; ++r) {
-    if (side_fits(c, r)) out += (out.empty() ? "" : " or ") + std::to_string(r);
-  }
-  return out.empty() ? "none above 1" : out;
+// The side's head size: d_kv / r rounded down, as LST's code sizes every dimension (d // r); Llama's
+// rotary rotates pairs, so there it is rounded down to even and is at least one pair.
+int64_t side_head_size(const model::ModelConfig& c, int64_t r) {
+  const int64_t d = c.d_kv / r;
+  return c.arch == model::Arch::Llama ? std::max<int64_t>(2, d - d % 2) : d;
 }
 
 }  // namespace
@@ -99,15 +93,11 @@ model::ModelConfig lst_side_config(const model::ModelConfig& c, const LstOptions
     throw_usage_error("--method lst supports T5 and Llama-style backbones; '" + c.name + "' is BERT");
   }
   if (o.r <= 0) throw_usage_error("--lst.r must be positive, got " + std::to_string(o.r));
-  if (!side_fits(c, o.r)) {
-    const bool sizes = c.d_model % o.r == 0 && c.d_ff % o.r == 0 && c.d_kv % o.r == 0;
-    throw_usage_error(
-        fmt::format("--lst.r {} does not fit '{}' (d_model {}, d_ff {}, d_kv {}): {}; use --lst.r {}", o.r, c.name,
-                    c.d_model, c.d_ff, c.d_kv,
-                    sizes ? fmt::format("the side heads would have size {}, and Llama's rotary needs an even size",
-                                        c.d_kv / o.r)
-                          : std::string("every one of them must be divisible by r"),
-                    working_r(c)));
+  const int64_t side_kv = side_head_size(c, o.r);
+  if (side_kv < 1 || c.d_model / o.r < 1 || c.d_ff / o.r < 1) {
+    throw_usage_error(fmt::format("--lst.r {} is too large for '{}' (d_model {}, d_ff {}, d_kv {}): the side network "
+                                  "would have a dimension of 0",
+                                  o.r, c.name, c.d_model, c.d_ff, c.d_kv));
   }
   const int64_t decoder_layers = c.arch == model::Arch::T5 ? c.num_decoder_layers : c.num_layers;
   std::set<int64_t> seen;
@@ -120,9 +110,11 @@ model::ModelConfig lst_side_config(const model::ModelConfig& c, const LstOptions
   }
   model::ModelConfig s = c;
   s.name = c.name + ":lst-side";
-  s.d_model = c.d_model / o.r;
+  // Floor division, as LST's code (d // r): any r works on any backbone. Llama ties d_model to
+  // heads x head size (heads unchanged), so there the side's d_model follows its head size.
+  s.d_kv = side_kv;
+  s.d_model = c.arch == model::Arch::Llama ? c.num_heads * side_kv : c.d_model / o.r;
   s.d_ff = c.d_ff / o.r;
-  s.d_kv = c.d_kv / o.r;
   s.num_layers = c.num_layers - static_cast<int64_t>(o.drop.size());
   if (c.arch == model::Arch::T5) s.num_decoder_layers = c.num_decoder_layers - static_cast<int64_t>(o.drop.size());
   if (s.num_layers <= 0 || (c.arch == model::Arch::T5 && s.num_decoder_layers <= 0)) {

@@ -53,6 +53,11 @@ no-such-key = 1"
 echo "$LAST_ERR" | grep -q "no-such-key" || { echo "FAIL: the unknown config key is not named: $LAST_ERR"; fail=1; }
 check 2 "an unknown key in a train config file" -- "$bin" train --config /dev/stdin --print-config <<<"[train]
 no-such-key = 1"
+# An option given twice keeps its last value (argparse, torchrun), over the config file's too.
+twice=$("$bin" train --config "$src/configs/main.ini" --train.steps 5 --method lora --train.steps 7 --print-config 2>/dev/null)
+echo "$twice" | grep -qx "steps = 7" || { echo "FAIL: --train.steps given twice: $(echo "$twice" | grep steps)"; fail=1; }
+echo "$twice" | grep -qx "method = lora" || { echo "FAIL: --method over the config: $(echo "$twice" | grep method)"; fail=1; }
+[ "$fail" -eq 0 ] && echo "ok: an option given twice: the last wins"
 check 2 "unknown subcommand" -- "$bin" frobnicate
 check 2 "no subcommand" -- "$bin"
 exit $fail

@@ -45,6 +45,9 @@ const std::vector<LstCase>& lst_cases() {
       {"tiny-t5", {"--lst.r", "4", "--lst.drop", "0"}},
       {"tiny-t5-v1_1", {"--lst.r", "2", "--lst.drop", "1"}},
       {"stories260K", {"--lst.r", "4"}},
+      {"stories260K", {}},                  // the default r = 8: d_ff 172 // 8 = 21, head size 8 // 8 -> one pair
+      {"stories260K", {"--lst.r", "3"}},    // nothing divides: floors everywhere (d_ff 57, head size 2)
+      {"tiny-t5", {"--lst.r", "3"}},        // d_model 16 // 3 = 5, d_ff 10, d_kv 1
   };
   return cases;
 }
@@ -72,8 +75,13 @@ peft::LstOptions options_of(const std::vector<std::string>& args) {
 
 // LST's trainable count in closed form (the side network, its ladders, Up), from the configs.
 int64_t closed_form(const model::ModelConfig& c, const peft::LstOptions& o) {
-  const int64_t r = o.r, d = c.d_model, ds = d / r, fs = c.d_ff / r, drop = static_cast<int64_t>(o.drop.size());
-  const int64_t q = c.num_heads * c.d_kv / r, kv = c.num_kv_heads * c.d_kv / r;
+  // LST's code: every dimension d // r. Llama: heads unchanged, head size floored to even (at least 2),
+  // and the side's d_model = heads x head size.
+  const bool llama = c.arch == model::Arch::Llama;
+  const int64_t r = o.r, d = c.d_model, fs = c.d_ff / r, drop = static_cast<int64_t>(o.drop.size());
+  const int64_t hk = llama ? std::max<int64_t>(2, (c.d_kv / r) / 2 * 2) : c.d_kv / r;
+  const int64_t ds = llama ? c.num_heads * hk : d / r;
+  const int64_t q = c.num_heads * hk, kv = c.num_kv_heads * hk;
   const int64_t ffn = (c.gated_ffn ? 3 : 2) * ds * fs;
   const int64_t ladder = d * ds + ds;  // one downsample with its bias
   if (c.arch == model::Arch::Llama) {
@@ -405,8 +413,7 @@ TEST(Lst, RefusesWhatItCannotServe) {
     }
   };
   const auto stories = model::named_config("stories260K");
-  expect_usage([&] { lst_set({}).plan(stories, 2); }, "use --lst.r 2 or 4");
-  expect_usage([&] { lst_set({"--lst.r", "3"}).plan(stories, 2); }, "divisible");
+  expect_usage([&] { lst_set({"--lst.r", "5"}).plan(model::named_config("tiny-t5"), 2); }, "too large");
   expect_usage([&] { lst_set({}).plan(model::named_config("tiny-bert"), 2); }, "BERT");
   expect_usage([&] { lst_set({"--lst.r", "2", "--lst.drop", "2"}).plan(model::named_config("tiny-llama"), 2); },
                "not a layer");
