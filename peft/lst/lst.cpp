@@ -14,6 +14,9 @@
 //
 // as in the LST code (modeling_side_t5.py); T5's encoder and decoder each have such a ladder, and
 // the side decoder cross-attends to the side encoder. Layers in --lst.drop get no side layer.
+// BERT (not in the LST code; built the same way): one ladder over the encoder layers; the side BERT
+// adds its own position and token-type embeddings and LayerNorm (pruned from the backbone's) to the
+// mixed input, and its own pooler (pruned, trained) feeds the backbone's classifier through Up.
 //
 // The side network IS a second backbone of the same architecture (model::make_backbone with the
 // reduced config), attached to through its own hook sites, so no block is written twice:
@@ -58,6 +61,7 @@
 #include <map>
 #include <set>
 
+#include "model/bert.h"
 #include "model/device.h"
 #include "model/llama.h"
 #include "model/load.h"
@@ -82,6 +86,7 @@ namespace {
 // The side's head size: d_kv / r rounded down, as LST's code sizes every dimension (d // r); Llama's
 // rotary rotates pairs, so there it is rounded down to even and is at least one pair.
 int64_t side_head_size(const model::ModelConfig& c, int64_t r) {
+  // (BERT and Llama tie d_model to heads x head size; T5 does not.)
   const int64_t d = c.d_kv / r;
   return c.arch == model::Arch::Llama ? std::max<int64_t>(2, d - d % 2) : d;
 }
@@ -89,9 +94,6 @@ int64_t side_head_size(const model::ModelConfig& c, int64_t r) {
 }  // namespace
 
 model::ModelConfig lst_side_config(const model::ModelConfig& c, const LstOptions& o) {
-  if (c.arch == model::Arch::Bert) {
-    throw_usage_error("--method lst supports T5 and Llama-style backbones; '" + c.name + "' is BERT");
-  }
   if (o.r <= 0) throw_usage_error("--lst.r must be positive, got " + std::to_string(o.r));
   const int64_t side_kv = side_head_size(c, o.r);
   if (side_kv < 1 || c.d_model / o.r < 1 || c.d_ff / o.r < 1) {
@@ -110,10 +112,10 @@ model::ModelConfig lst_side_config(const model::ModelConfig& c, const LstOptions
   }
   model::ModelConfig s = c;
   s.name = c.name + ":lst-side";
-  // Floor division, as LST's code (d // r): any r works on any backbone. Llama ties d_model to
-  // heads x head size (heads unchanged), so there the side's d_model follows its head size.
+  // Floor division, as LST's code (d // r): any r works on any backbone. Llama and BERT tie d_model
+  // to heads x head size (heads unchanged), so there the side's d_model follows its head size.
   s.d_kv = side_kv;
-  s.d_model = c.arch == model::Arch::Llama ? c.num_heads * side_kv : c.d_model / o.r;
+  s.d_model = c.arch == model::Arch::T5 ? c.d_model / o.r : c.num_heads * side_kv;
   s.d_ff = c.d_ff / o.r;
   s.num_layers = c.num_layers - static_cast<int64_t>(o.drop.size());
   if (c.arch == model::Arch::T5) s.num_decoder_layers = c.num_decoder_layers - static_cast<int64_t>(o.drop.size());
@@ -135,13 +137,18 @@ bool ends_with(const std::string& s, const std::string& x) {
 
 // The side's parameters that do not train: its embedding table and LM head (the hooks replace them).
 bool is_table(const std::string& name) {
-  return name == "shared.weight" || name == "model.embed_tokens.weight" || name == "lm_head.weight";
+  return name == "shared.weight" || name == "model.embed_tokens.weight" || name == "lm_head.weight" ||
+         name == "embeddings.word_embeddings.weight";
 }
 
-// One ladder: Llama's, or T5's encoder's or decoder's.
+bool is_task_head(const std::string& name) {
+  return name.rfind("score.", 0) == 0 || name.rfind("classifier.", 0) == 0;
+}
+
+// One ladder: Llama's or BERT's, or T5's encoder's or decoder's.
 struct Ladder {
   std::string prefix;           // "" | "encoder." | "decoder."
-  std::string blocks;           // "model.layers." | "encoder.block." | "decoder.block."
+  std::string blocks;           // "model.layers." | "encoder.layer." | "encoder.block." | "decoder.block."
   std::vector<int64_t> kept;    // backbone layer of each side layer
   int64_t hidden_offset = 0;    // where this stack's block outputs start in ForwardResult::hidden_states
   at::Tensor first_w, first_b;  // Down_first
@@ -158,6 +165,7 @@ std::vector<Ladder> ladders(const model::ModelConfig& c, const LstOptions& o) {
     return l;
   };
   if (c.arch == model::Arch::Llama) return {ladder("", "model.layers.", c.num_layers, 0)};
+  if (c.arch == model::Arch::Bert) return {ladder("", "encoder.layer.", c.num_layers, 0)};
   return {ladder("encoder.", "encoder.block.", c.num_layers, 0),
           ladder("decoder.", "decoder.block.", c.num_decoder_layers, c.num_layers)};
 }
@@ -191,12 +199,33 @@ struct Role {
 };
 
 // Which axes of a backbone weight are the residual (Model), an FFN's, or an attention's heads.
+// Biases (BERT's) have the rows of their weight. The module key pairs what must be pruned alike:
+// an attention's q, k, v and output rows/columns, an FFN's input rows and output columns.
 Role role_of(const std::string& n) {
   auto mod = [&n](const std::string& suffix) { return n.substr(0, n.size() - suffix.size()); };
-  if (ends_with(n, "layernorm.weight") || ends_with(n, "layer_norm.weight") || n == "model.norm.weight") {
+  if (ends_with(n, "layernorm.weight") || ends_with(n, "layer_norm.weight") || n == "model.norm.weight" ||
+      ends_with(n, "LayerNorm.weight") || ends_with(n, "LayerNorm.bias")) {
     return {Axis::Model, Axis::None, ""};
   }
-  if (is_table(n)) return {Axis::None, Axis::Model, ""};
+  if (is_table(n) || n == "embeddings.position_embeddings.weight" || n == "embeddings.token_type_embeddings.weight") {
+    return {Axis::None, Axis::Model, ""};
+  }
+  // BERT: <layer>.attention.self.{query,key,value}, <layer>.attention.output.dense, <layer>.intermediate.dense,
+  // <layer>.output.dense, pooler.dense.
+  if (n == "pooler.dense.weight") return {Axis::Model, Axis::Model, ""};
+  if (n == "pooler.dense.bias") return {Axis::Model, Axis::None, ""};
+  for (const std::string p : {".self.query.", ".self.key.", ".self.value."}) {
+    for (const std::string wb : {"weight", "bias"}) {
+      if (!ends_with(n, p + wb)) continue;
+      const Axis heads = p == ".self.query." ? Axis::QHeads : Axis::KvHeads;
+      return {heads, wb == "weight" ? Axis::Model : Axis::None, mod(p + wb)};
+    }
+  }
+  if (ends_with(n, ".attention.output.dense.weight")) return {Axis::Model, Axis::QHeads, mod(".output.dense.weight")};
+  if (ends_with(n, ".intermediate.dense.weight")) return {Axis::Ff, Axis::Model, mod(".intermediate.dense.weight")};
+  if (ends_with(n, ".intermediate.dense.bias")) return {Axis::Ff, Axis::None, mod(".intermediate.dense.bias")};
+  if (ends_with(n, ".output.dense.weight")) return {Axis::Model, Axis::Ff, mod(".output.dense.weight")};
+  if (ends_with(n, ".output.dense.bias")) return {Axis::Model, Axis::None, ""};
   if (ends_with(n, "relative_attention_bias.weight")) return {};  // [buckets, heads]: heads unchanged
   for (const char* s : {".q_proj.weight", ".q.weight"}) {
     if (ends_with(n, s)) return {Axis::QHeads, Axis::Model, mod(s)};
@@ -230,7 +259,7 @@ class Pruner {
          const std::vector<std::pair<std::string, at::Tensor>>& params)
       : c_(c), s_(side) {
     for (const auto& [name, t] : params) {
-      if (starts_with(name, "score.") || starts_with(name, "classifier.")) continue;  // task heads
+      if (is_task_head(name)) continue;
       weights_[name] = t.detach().to(at::kCPU, at::kFloat);  // pruning runs on the host
     }
     at::Tensor model_score = at::zeros({c.d_model}, at::kFloat);
@@ -243,8 +272,9 @@ class Pruner {
       if (role.rows == Axis::QHeads || role.cols == Axis::QHeads || role.rows == Axis::KvHeads) {
         at::Tensor& s = score(head_score_, role.module, {c.num_kv_heads, c.d_kv});
         const int64_t group = c.num_heads / c.num_kv_heads;
-        if (role.rows == Axis::KvHeads) s += w.abs().sum(1).view({c.num_kv_heads, c.d_kv});
-        if (role.rows == Axis::QHeads) s += w.abs().sum(1).view({c.num_kv_heads, group, c.d_kv}).sum(1);
+        const at::Tensor rows = w.dim() == 1 ? w.abs() : w.abs().sum(1);
+        if (role.rows == Axis::KvHeads) s += rows.view({c.num_kv_heads, c.d_kv});
+        if (role.rows == Axis::QHeads) s += rows.view({c.num_kv_heads, group, c.d_kv}).sum(1);
         if (role.cols == Axis::QHeads) s += w.abs().sum(0).view({c.num_kv_heads, group, c.d_kv}).sum(1);
       }
     }
@@ -339,6 +369,9 @@ class Lst final : public Method {
       num_labels = t5->num_labels();
     } else if (auto* llama = dynamic_cast<model::LlamaBackbone*>(&backbone)) {
       num_labels = llama->num_labels();
+    } else if (auto* bert = dynamic_cast<model::BertBackbone*>(&backbone)) {
+      num_labels = bert->num_labels();
+      if (num_labels == 0) throw_usage_error("--method lst on BERT needs a task head (a classification task)");
     }
     side_ = model::make_backbone(sc, num_labels);
     ladders_ = ladders(c, options_);
@@ -350,7 +383,7 @@ class Lst final : public Method {
       if (options_.prune == "magnitude") {
         Pruner pruner(c, sc, params);
         for (auto& [n, t] : side_params) {
-          if (starts_with(n, "score.")) continue;  // the backbone's head is used instead
+          if (is_task_head(n)) continue;  // the backbone's head is used instead
           t.copy_(pruner.pruned(backbone_name(n)));
         }
       }
@@ -362,7 +395,7 @@ class Lst final : public Method {
       if (!is_table(meta.name)) out.push_back({"side." + meta.name, t, "lst"});
     }
     for (const auto& [n, t] : side_params) {
-      if (starts_with(n, "score.")) t.requires_grad_(false);
+      if (is_task_head(n)) t.requires_grad_(false);
     }
 
     // ---- ladders: downsamples and gates (nn.Linear's initialization; alpha = 0)
@@ -392,11 +425,13 @@ class Lst final : public Method {
 
     // ---- hooks on the side network
     model::HookSet& hooks = side_->hooks();
-    const bool t5 = c.arch == model::Arch::T5;
-    const std::string table = t5 ? "shared.weight" : "model.embed_tokens.weight";
+    const bool t5 = c.arch == model::Arch::T5, bert = c.arch == model::Arch::Bert;
+    const std::string table = t5 ? "shared.weight" : bert ? "embeddings.word_embeddings.weight" : "model.embed_tokens.weight";
     // Float32 views of the frozen tables the side network computes with (a bf16 backbone keeps bf16).
     backbone_table_ = param(table).to(at::kFloat);
-    hooks.add_input(t5 ? "shared" : "model.embed_tokens", [this](const at::Tensor&) {
+    // (BERT: the side then adds its own position and token-type embeddings and LayerNorm, pruned from
+    // the backbone's, as it does to any word embedding.)
+    hooks.add_input(t5 ? "shared" : bert ? "embeddings" : "model.embed_tokens", [this](const at::Tensor&) {
       DT_CHECK(input_ids_.defined(), "lst: the side network ran outside Lst::forward");
       const Ladder& l = ladders_[0];
       const at::Tensor embedded = at::embedding(backbone_table_, input_ids_);  // the backbone's input
@@ -411,7 +446,14 @@ class Lst final : public Method {
     }
     if (t5) attach_t5_decoder_input(sc, side_params.at("decoder.block.0.layer.0.layer_norm.weight"));
 
-    if (!t5 && num_labels > 0) {
+    if (bert) {
+      // BERT's head is pooler -> classifier: the side's own pooler (pruned, trained), then the backbone's
+      // classifier through Up: classifier(Up(p)) == (W · Up) p + b.
+      head_ = param("classifier.weight");
+      head_bias_ = param("classifier.bias");
+      hooks.set_weight("classifier.weight", [this](const at::Tensor&) { return at::matmul(head_, up_); });
+      hooks.set_weight("classifier.bias", [this](const at::Tensor&) { return head_bias_; });
+    } else if (!t5 && num_labels > 0) {
       // score(Up(h)) == (score · Up)(h): the trained task head of the backbone, reached through Up.
       head_ = param("score.weight");
       hooks.set_weight("score.weight", [this](const at::Tensor&) { return at::matmul(head_, up_); });
@@ -528,7 +570,7 @@ class Lst final : public Method {
     const std::string combine = " (--method lst runs the backbone without autograd and combines with no other method)";
     DT_CHECK(backbone.hooks().empty(), std::string("lst: another method hooks the backbone") + combine);
     for (const auto& [name, t] : backbone.named_parameters()) {
-      if (starts_with(name, "score.") || starts_with(name, "classifier.")) continue;  // task heads train
+      if (is_task_head(name)) continue;  // task heads train
       DT_CHECK(!t.requires_grad(), "lst: another method trains the backbone's '" + name + "'" + combine);
     }
   }
@@ -536,7 +578,7 @@ class Lst final : public Method {
   LstOptions options_;
   std::unique_ptr<model::Backbone> side_;
   std::vector<Ladder> ladders_;
-  at::Tensor up_, head_, backbone_table_;
+  at::Tensor up_, head_, head_bias_, backbone_table_;
   int64_t hidden_count_ = 0;  // block outputs the backbone returns per forward
   bool checked_alone_ = false;
   // Per forward: the backbone's block outputs, the input ids, T5's side embedding table and decoder

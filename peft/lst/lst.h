@@ -20,9 +20,9 @@ struct LstOptions {
 };
 
 // The side network's config: the backbone's with d_model, d_ff, d_kv divided by r and the dropped
-// layers removed (from the encoder and the decoder of T5). Throws dt::UsageError on a backbone or an
-// r it cannot serve (BERT; sizes not divisible by r; an odd Llama side head size, whose rotary needs
-// pairs), naming the values of --lst.r that would work.
+// layers removed (from the encoder and the decoder of T5); sizes by floor division (LST's d // r).
+// Throws dt::UsageError naming the sizes when r leaves a side dimension of 0, or when --lst.drop names
+// a layer the backbone lacks, names one twice, or drops them all.
 model::ModelConfig lst_side_config(const model::ModelConfig& config, const LstOptions& options);
 
 // Backbone layer indices 0..layers-1 that keep a side layer, ascending.

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # tests/launch/method_defaults.sh DELTATUNE SOURCE_DIR — every method with its default options trains (3 steps,
 # 2 ranks) on every bundled backbone (stories260K) and on the real encoder (all-MiniLM-L6-v2, models/ from
-# scripts/fetch-models.sh). The one pair that cannot is asserted to be refused with its reason: LST has no BERT
-# side network yet. --fish.samples is lowered to 16 (a cost knob: the Fisher pass over 1,024 examples is the
+# scripts/fetch-models.sh). --fish.samples is lowered to 16 (a cost knob: the Fisher pass over 1,024 examples is the
 # default's only slow part); nothing else is set.
 set -u
 bin=$1 src=$2
@@ -22,14 +21,6 @@ for backbone in stories260K minilm; do
             --train.eval-every 0 --train.eval-max 64 --threads 1 2>&1)
     rc=$?
     runs=$((runs + 1))
-    if [ "$backbone/$m" = "minilm/lst" ]; then
-      if [ $rc -eq 2 ] && echo "$out" | grep -q "supports T5 and Llama-style backbones"; then
-        echo "ok: $backbone $m refused (exit 2): $(echo "$out" | grep -m1 'supports T5')"
-      else
-        echo "FAIL: $backbone $m: expected exit 2 naming BERT, got $rc"; fail=1
-      fi
-      continue
-    fi
     last=$(echo "$out" | grep -E -m1 "step +3/3" | sed 's/.*step/step/')
     if [ $rc -ne 0 ] || [ -z "$last" ]; then
       echo "FAIL: $backbone $m: exit $rc"; echo "$out" | tail -n 5; fail=1

@@ -48,6 +48,8 @@ const std::vector<LstCase>& lst_cases() {
       {"stories260K", {}},                  // the default r = 8: d_ff 172 // 8 = 21, head size 8 // 8 -> one pair
       {"stories260K", {"--lst.r", "3"}},    // nothing divides: floors everywhere (d_ff 57, head size 2)
       {"tiny-t5", {"--lst.r", "3"}},        // d_model 16 // 3 = 5, d_ff 10, d_kv 1
+      {"tiny-bert", {"--lst.r", "2"}},
+      {"tiny-bert", {"--lst.r", "3", "--lst.drop", "0"}},  // head size 4 // 3 = 1: side d_model 4 heads x 1
   };
   return cases;
 }
@@ -77,10 +79,10 @@ peft::LstOptions options_of(const std::vector<std::string>& args) {
 int64_t closed_form(const model::ModelConfig& c, const peft::LstOptions& o) {
   // LST's code: every dimension d // r. Llama: heads unchanged, head size floored to even (at least 2),
   // and the side's d_model = heads x head size.
-  const bool llama = c.arch == model::Arch::Llama;
+  const bool llama = c.arch == model::Arch::Llama, bert = c.arch == model::Arch::Bert;
   const int64_t r = o.r, d = c.d_model, fs = c.d_ff / r, drop = static_cast<int64_t>(o.drop.size());
   const int64_t hk = llama ? std::max<int64_t>(2, (c.d_kv / r) / 2 * 2) : c.d_kv / r;
-  const int64_t ds = llama ? c.num_heads * hk : d / r;
+  const int64_t ds = llama || bert ? c.num_heads * hk : d / r;
   const int64_t q = c.num_heads * hk, kv = c.num_kv_heads * hk;
   const int64_t ffn = (c.gated_ffn ? 3 : 2) * ds * fs;
   const int64_t ladder = d * ds + ds;  // one downsample with its bias
@@ -88,6 +90,12 @@ int64_t closed_form(const model::ModelConfig& c, const peft::LstOptions& o) {
     const int64_t layers = c.num_layers - drop;
     const int64_t layer = 2 * ds * q + 2 * ds * kv + ffn + 2 * ds;
     return layers * layer + ds + (layers + 1) * ladder + layers + d * ds;
+  }
+  if (bert) {  // biased linears, post-LN; position and type tables, embedding LayerNorm and pooler train
+    const int64_t layers = c.num_layers - drop;
+    const int64_t layer = 4 * ds * ds + 4 * ds + 2 * ds * fs + fs + ds + 4 * ds;
+    const int64_t embeddings = (c.max_position_embeddings + c.type_vocab_size) * ds + 2 * ds;
+    return embeddings + layers * layer + ds * ds + ds + (layers + 1) * ladder + layers + d * ds;
   }
   const int64_t enc = c.num_layers - drop, dec = c.num_decoder_layers - drop;
   const int64_t enc_layer = 4 * ds * q + ffn + 2 * ds, dec_layer = 8 * ds * q + ffn + 3 * ds;
@@ -201,10 +209,13 @@ TEST(Lst, KeepsNoBackboneActivations) {
     const GraphStats f = graph_stats(full_set.forward(*full, batch).loss);
     const GraphStats l = graph_stats(lst.forward(*side, batch).loss);
     // The backbone's FFN intermediate (d_ff wide) is its widest activation; full fine-tuning keeps
-    // one per layer, LST none: nothing of width d_ff is in its graph.
+    // one per layer, LST none: nothing of width d_ff is in its graph. (tiny-bert has as many positions
+    // as d_ff, and the side's own position table is in the graph: there the byte count alone tells.)
     const int64_t d_ff = full->config().d_ff;
     EXPECT_TRUE(f.sizes.count(d_ff)) << label(c);
-    EXPECT_FALSE(l.sizes.count(d_ff)) << label(c) << ": a d_ff-wide value is in LST's graph";
+    if (full->config().arch != model::Arch::Bert || full->config().max_position_embeddings != d_ff) {
+      EXPECT_FALSE(l.sizes.count(d_ff)) << label(c) << ": a d_ff-wide value is in LST's graph";
+    }
     EXPECT_LT(l.bytes, f.bytes) << label(c);
     std::cout << "[ graph    ] " << label(c) << ": full " << f.nodes << " nodes, " << f.bytes << " B of values; lst "
               << l.nodes << " nodes, " << l.bytes << " B (" << static_cast<double>(l.bytes) / f.bytes << "x)\n";
@@ -320,8 +331,9 @@ TEST(Lst, DISABLED_StepMemoryAgainstFullOnT5Small) {
 TEST(Lst, RatioOnePrunesToTheBackboneAndReproducesIt) {
   // r = 1 keeps every index in order: the side network is the backbone. With Down_first = Up = I and
   // every gate closed to the ladder (mu = 1), LST computes exactly the backbone's function.
-  for (const std::string name : {"tiny-llama", "tiny-t5", "tiny-t5-v1_1", "stories260K"}) {
+  for (const std::string name : {"tiny-llama", "tiny-t5", "tiny-t5-v1_1", "stories260K", "tiny-bert"}) {
     for (const int64_t labels : {2, 0}) {
+      if (name == "tiny-bert" && labels == 0) continue;  // BERT's LST needs its task head (refused below)
       at::manual_seed(7);
       auto bare = model::make_backbone(model::named_config(name), labels);
       at::manual_seed(7);
@@ -414,7 +426,9 @@ TEST(Lst, RefusesWhatItCannotServe) {
   };
   const auto stories = model::named_config("stories260K");
   expect_usage([&] { lst_set({"--lst.r", "5"}).plan(model::named_config("tiny-t5"), 2); }, "too large");
-  expect_usage([&] { lst_set({}).plan(model::named_config("tiny-bert"), 2); }, "BERT");
+  expect_usage([&] { lst_set({"--lst.r", "5"}).plan(model::named_config("tiny-bert"), 2); }, "too large");
+  expect_usage([&] { lst_set({"--lst.r", "2"}).apply(*model::make_backbone(model::named_config("tiny-bert"), 0)); },
+               "task head");
   expect_usage([&] { lst_set({"--lst.r", "2", "--lst.drop", "2"}).plan(model::named_config("tiny-llama"), 2); },
                "not a layer");
   expect_usage([&] { lst_set({"--lst.r", "2", "--lst.drop", "0,1"}).plan(model::named_config("tiny-llama"), 2); },
