@@ -8,6 +8,9 @@
 // backbone for the identity check; a mismatch there aborts every rank (exit 2).
 #include <nlohmann/json.hpp>
 
+#include <ATen/ATen.h>
+
+#include <algorithm>
 #include <fstream>
 
 #include "dist/glue.h"
@@ -21,6 +24,30 @@
 
 namespace dt::launch {
 namespace {
+
+// One JSON object per dev example, in dev order: what went in and what came out, so another
+// implementation (HF transformers + PEFT in tests/hf/peft_roundtrip.py) can run the same inputs.
+void write_predictions(const std::string& path, const dist::EncodedDataset& dev, const at::Tensor& logits) {
+  std::ofstream f(path);
+  const float* l = logits.data_ptr<float>();
+  const int64_t labels = logits.size(1);
+  for (int64_t i = 0; i < dev.size(); ++i) {
+    const auto begin = dev.ids.begin() + dev.offsets[i], end = dev.ids.begin() + dev.offsets[i + 1];
+    nlohmann::json j = {{"index", i},
+                        {"label", dev.labels[i]},
+                        {"prediction", std::max_element(l + i * labels, l + (i + 1) * labels) - (l + i * labels)},
+                        {"logits", std::vector<float>(l + i * labels, l + (i + 1) * labels)},
+                        {"input_ids", std::vector<int64_t>(begin, end)}};
+    const int64_t segment_b = i < static_cast<int64_t>(dev.segment_b.size()) ? dev.segment_b[i] : 0;
+    if (segment_b > 0) {  // a BERT sentence pair: the token types collate gives it
+      std::vector<int64_t> types(dev.length(i), 0);
+      std::fill(types.begin() + segment_b, types.end(), 1);
+      j["token_type_ids"] = types;
+    }
+    f << j.dump() << "\n";
+  }
+  if (!f) throw_usage_error("deltatune eval: --predictions: cannot write '" + path + "'");
+}
 
 int run_eval(const po::variables_map& vm) {
   if (!vm.count("checkpoint")) throw_usage_error("deltatune eval: give a checkpoint (file or train's --out directory)");
@@ -58,7 +85,8 @@ int run_eval(const po::variables_map& vm) {
   const dist::EncodedDataset dev = load_dev_set(cfg["data"].as<std::string>(), task, *r.model.tokenizer, encode, max);
 
   // ---- evaluate (collective) ------------------------------------------------------------------------
-  const Evaluation e = evaluate(r.methods, *r.model.backbone, dev, task.num_labels, batch_size, comm);
+  const bool predictions = vm.count("predictions") > 0;
+  const Evaluation e = evaluate(r.methods, *r.model.backbone, dev, task.num_labels, batch_size, comm, predictions);
   const bool mcc = task.metric == dist::MetricKind::Mcc;
   log::info("eval step {}: dev accuracy {:.4f}{} on {} examples of {} ({:.1f} s)", r.state.step, e.metrics.accuracy,
             mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "", e.metrics.count, task.name, e.seconds);
@@ -76,6 +104,7 @@ int run_eval(const po::variables_map& vm) {
       f << j.dump(2) << "\n";
       if (!f) throw_usage_error("deltatune eval: --json: cannot write '" + out + "'");
     }
+    if (predictions) write_predictions(vm["predictions"].as<std::string>(), dev, e.logits);
     if (vm.count("metrics")) {
       std::ofstream f(vm["metrics"].as<std::string>(), std::ios::app);
       f << record.dump() << "\n";
@@ -107,7 +136,9 @@ Subcommand eval_subcommand() {
          "evaluate on the first N dev examples (0: all; -1: the checkpoint's --train.eval-max, as its training log)")
         ("json", po::value<std::string>(), "write step, eval_accuracy, eval_count (eval_mcc for CoLA) as one JSON "
          "object to PATH")
-        ("metrics", po::value<std::string>(), "append the same keys as one JSON Lines object (train's --metrics format)");
+        ("metrics", po::value<std::string>(), "append the same keys as one JSON Lines object (train's --metrics format)")
+        ("predictions", po::value<std::string>(), "write one JSON object per dev example to PATH (JSON Lines, dev "
+         "order): index, label, prediction, logits, input_ids (and token_type_ids for sentence pairs)");
   };
   sub.positional = {"checkpoint"};
   sub.run = run_eval;

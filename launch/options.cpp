@@ -78,6 +78,9 @@ void add_checkpoint_options(po::options_description& desc) {
       ("ckpt.every", po::value<int64_t>()->default_value(0), "write a checkpoint every N steps (0: at the end only)")
       ("ckpt.keep", po::value<int64_t>()->default_value(3), "keep the newest K checkpoints")
       ("resume", po::value<std::string>(), "auto | PATH: continue from a checkpoint")
+      ("init-from", po::value<std::string>(), "DIR: start the method's trainables (task head included) from an HF "
+       "PEFT adapter directory (adapter_config.json + adapter_model.safetensors; lora, ia3, prompt); a checkpoint "
+       "found by --resume takes precedence")
       ("metrics", po::value<std::string>(), "JSON Lines metrics file (one object per step; appended on resume)");
 }
 

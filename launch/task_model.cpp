@@ -41,24 +41,35 @@ nlohmann::json eval_record(int64_t step, const Evaluation& e, const dist::TaskIn
 }
 
 Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, const dist::EncodedDataset& dev,
-                    int64_t num_labels, int64_t batch_size, comm::Communicator& comm) {
+                    int64_t num_labels, int64_t batch_size, comm::Communicator& comm, bool keep_logits) {
   const auto start = std::chrono::steady_clock::now();
   const c10::Device device = model::backbone_device(backbone);
   c10::NoGradGuard no_grad;
   backbone.set_training(false);
   const auto shard = dist::shard_indices(dev.size(), comm.rank(), comm.size());
   dist::Confusion confusion(num_labels);
+  at::Tensor logits = keep_logits ? at::zeros({dev.size(), num_labels}, at::kFloat) : at::Tensor();
   for (size_t begin = 0; begin < shard.size(); begin += batch_size) {
     const std::vector<int64_t> idx(shard.begin() + begin,
                                    shard.begin() + std::min(shard.size(), begin + batch_size));
     const model::Batch batch = dist::collate(dev, idx);
     const auto out = methods.forward(backbone, model::batch_to(batch, device));
     confusion.add(batch.labels, out.logits.argmax(-1).to(at::kCPU));
+    if (keep_logits) {
+      logits.index_copy_(0, at::tensor(idx, at::kLong), out.logits.detach().to(at::kCPU, at::kFloat));
+    }
   }
   backbone.set_training(true);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  // The confusion counts travel over the training communicator, on the device it reduces.
-  return {dist::gather_metrics(confusion, comm, device), seconds};
+  // The confusion counts travel over the training communicator, on the device it reduces; the logits
+  // (rows a rank did not evaluate are zero there) are summed the same way.
+  Evaluation e{dist::gather_metrics(confusion, comm, device), seconds, at::Tensor()};
+  if (keep_logits) {
+    at::Tensor summed = logits.to(device);
+    comm.all_reduce(summed)->wait();
+    e.logits = summed.to(at::kCPU);
+  }
+  return e;
 }
 
 std::vector<dist::SparseIndex> checkpoint_indices(const peft::MethodSet& methods) {

@@ -30,6 +30,7 @@ TaskModel load_task_model(const std::string& model_arg, const std::string& token
 struct Evaluation {
   dist::EvalMetrics metrics;
   double seconds = 0;
+  at::Tensor logits;  // [dev size, num_labels] float32 on the host, every rank's rows: only with keep_logits
 };
 
 // The dev split of `task` under `data_dir`, its first `max_examples` (0: all), tokenized.
@@ -39,8 +40,9 @@ dist::EncodedDataset load_dev_set(const std::string& data_dir, const dist::TaskI
 
 // Every rank evaluates its exact shard of `dev` (no padding, no double counting) through the
 // methods' forward; the confusion counts are summed across ranks, so every rank gets the same result.
+// keep_logits: every example's logits too, each rank's rows summed into one table (eval --predictions).
 Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, const dist::EncodedDataset& dev,
-                    int64_t num_labels, int64_t batch_size, comm::Communicator& comm);
+                    int64_t num_labels, int64_t batch_size, comm::Communicator& comm, bool keep_logits = false);
 
 // The metrics record of an evaluation at `step` (CLI.md keys: step, eval_accuracy, eval_count, and
 // eval_mcc when the task's metric is Matthews correlation).

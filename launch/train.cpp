@@ -8,23 +8,25 @@
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
-#include <nlohmann/json.hpp>
 
 #include "dist/agreement.h"
 #include "dist/checkpoint.h"
-#include <filesystem>
 #include "dist/glue.h"
 #include "dist/grad_sync.h"
 #include "dist/metrics.h"
 #include "dist/optim.h"
 #include "dist/sampler.h"
 #include "launch/cli.h"
+#include "launch/peft_format.h"
 #include "launch/session.h"
 #include "launch/task_model.h"
 #include "model/device.h"
@@ -32,6 +34,7 @@
 #include "peft/method.h"
 #include "sparse/methods.h"
 #include "util/error.h"
+#include "util/format.h"
 #include "util/log.h"
 
 namespace dt::launch {
@@ -155,6 +158,13 @@ int run_train(const po::variables_map& vm) {
   }
   const std::vector<peft::Trainable> trainables = methods.apply(*backbone);
   methods.to(device, trainables);  // created on the host (same initial values on any device), moved once
+  if (vm.count("init-from")) {
+    // Every rank reads the adapter (the start-up agreement below then checks they hold the same values).
+    const PeftLayout layout = peft_layout(methods, *backbone, trainables, vm, vm["model"].as<std::string>());
+    const int64_t values = load_peft_adapter(vm["init-from"].as<std::string>(), layout, trainables);
+    log::info("init-from {}: {} values of {} tensors from the HF PEFT {} adapter", vm["init-from"].as<std::string>(),
+              with_commas(values), layout.tensors.size(), layout.config["peft_type"].get<std::string>());
+  }
   int64_t trainable_params = 0, backbone_params = 0;
   for (const auto& t : trainables) trainable_params += t.tensor.numel();
   std::vector<at::Tensor> frozen;
