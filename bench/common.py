@@ -180,12 +180,12 @@ def machine_note():
             + GPU_NOTE)
 
 
-def fish_mask(log, samples, keep=0.005):
-    """A FISH mask of stories260K on SST-2 (distributed Fisher, 2 ranks), computed once and cached, so
+def fish_mask(log, samples, keep=0.005, model=STORIES, tokenizer=TOK, name="stories260K"):
+    """A FISH mask of `model` on SST-2 (distributed Fisher, 2 ranks), computed once and cached, so
     the measured runs carry only the training traffic (the Fisher's one dense all-reduce is start-up)."""
-    path = os.path.join(CACHE, f"fish_stories260K_keep{keep}_s{samples}.safetensors")
+    path = os.path.join(CACHE, f"fish_{name}_keep{keep}_s{samples}.safetensors")
     if not os.path.exists(path):
-        log.run(mpirun(2) + [BIN, "mask", "--model", STORIES, "--tokenizer", TOK, "--task", "sst2",
+        log.run(mpirun(2) + [BIN, "mask", "--model", model, "--tokenizer", tokenizer, "--task", "sst2",
                              "--fish.keep", str(keep), "--fish.samples", str(samples), "--out", rel(path)])
     return rel(path)
 

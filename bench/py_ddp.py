@@ -4,7 +4,8 @@
 Launch (2 ranks, like ours):  mpirun -np 2 --bind-to core .venv/bin/python bench/py_ddp.py --method lora ...
 (rank and size from Open MPI's environment; torchrun is broken on this machine).
 
-Same model, data and hyper-parameters as `deltatune train --config configs/<method>.ini`:
+Same model, data and hyper-parameters as `deltatune train --config configs/<method>.ini`
+(--model stories260K) or `configs/minilm-<method>.ini` (--model models/all-minilm-l6-v2):
   * stories260K from data/stories260K/stories260K.bin, read and run the way llama2.c's run.c does
     (interleaved rotary pairs on the raw weights; reader reused from scripts/make_llama_golden.py), a
     `score` head (2 x 64, N(0, 0.02)) on the last non-padding position (HF LlamaForSequenceClassification);
@@ -12,6 +13,9 @@ Same model, data and hyper-parameters as `deltatune train --config configs/<meth
     right-padded to the longest row of the batch; 16 examples per rank per step, shuffled by seed;
   * AdamW (weight decay 0), linear warm-up then linear decay, global-norm clip 1.0; torch threads 1
     per rank (our binary's default with 2 ranks on 2 cores).
+  * --model DIR (an HF BERT directory: the real all-MiniLM-L6-v2): transformers' BertForSequenceClassification
+    (its dropout 0.1 on, as ours), BertTokenizer's [CLS] text [SEP] at most --max-len tokens; LoRA is HF PEFT's
+    get_peft_model(LoraConfig(r, alpha, target_modules query/value, task SEQ_CLS)): the stack our users replace.
 Methods, as their papers' code does them:
   * full: every weight trains, DDP all-reduces every gradient;
   * lora: B·A on q and v (r 8, alpha 16; A ~ U(±1/sqrt(in)), B = 0), backbone frozen (requires_grad
@@ -141,6 +145,28 @@ class Llama(nn.Module):
         return x[torch.arange(B), last] @ self.score.t()
 
 
+class HFClassifier(nn.Module):
+    """A transformers sequence classifier (the real MiniLM), called as the Llama above: model(ids, mask)."""
+
+    def __init__(self, path, num_labels, seed):
+        super().__init__()
+        import transformers
+        transformers.logging.set_verbosity_error()
+        torch.manual_seed(seed)  # the new classifier head's initial values
+        self.net = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+
+    def add_lora(self, r, alpha):
+        import peft
+        self.net = peft.get_peft_model(self.net, peft.LoraConfig(task_type=peft.TaskType.SEQ_CLS, r=r, lora_alpha=alpha,
+                                                                 lora_dropout=0.0, target_modules=["query", "value"]))
+
+    def backbone_params(self):
+        return [p for n, p in self.named_parameters() if "classifier" not in n and "lora_" not in n]
+
+    def forward(self, ids, mask):
+        return self.net(input_ids=ids, attention_mask=mask).logits
+
+
 # ---- data ----------------------------------------------------------------------------------------
 
 def read_sst2(split):
@@ -205,6 +231,7 @@ def main():
     ap.add_argument("--fish-samples", type=int, default=256)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--port", type=int, default=29533)
+    ap.add_argument("--model", default="stories260K", help="stories260K, or an HF BERT directory")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
 
@@ -217,7 +244,12 @@ def main():
                             timeout=datetime.timedelta(seconds=180))
 
     # data: the examples this run reads (shuffled by seed, the same order on every rank), tokenized once.
-    vocab, scores = golden.read_tokenizer(os.path.join(ROOT, "data", "stories260K", "tok512.bin"))
+    hf = a.model != "stories260K"
+    if hf:
+        import transformers
+        tokenizer = transformers.BertTokenizer(os.path.join(a.model, "vocab.txt"), do_lower_case=True)
+    else:
+        vocab, scores = golden.read_tokenizer(os.path.join(ROOT, "data", "stories260K", "tok512.bin"))
     train = read_sst2("train")
     order = list(range(len(train)))
     random.Random(a.seed).shuffle(order)
@@ -227,7 +259,10 @@ def main():
     def example(i):
         if i not in cache:
             text, label = train[i]
-            cache[i] = ([1] + golden.runc_encode(vocab, scores, text))[:a.max_len], label
+            if hf:
+                cache[i] = tokenizer.encode(text, truncation=True, max_length=a.max_len), label
+            else:
+                cache[i] = ([1] + golden.runc_encode(vocab, scores, text))[:a.max_len], label
         return cache[i]
 
     t0 = time.time()
@@ -235,11 +270,17 @@ def main():
         example(order[j % len(order)])
     tok_s = time.time() - t0
 
-    W, cfg = golden.read_llama2c(os.path.join(ROOT, "data", "stories260K", "stories260K.bin"))
     gen = torch.Generator().manual_seed(a.seed)
-    model = Llama(W, cfg, 2, gen)
+    if hf:
+        model = HFClassifier(a.model, 2, a.seed)
+        model.train()
+    else:
+        W, cfg = golden.read_llama2c(os.path.join(ROOT, "data", "stories260K", "stories260K.bin"))
+        model = Llama(W, cfg, 2, gen)
     masks = None
-    if a.method == "lora":
+    if a.method == "lora" and hf:
+        model.add_lora(a.lora_r, a.lora_alpha)  # PEFT freezes the backbone itself
+    elif a.method == "lora":
         for p in model.backbone_params():
             p.requires_grad_(False)
         model.add_lora(a.lora_r, a.lora_alpha, gen)
@@ -280,7 +321,7 @@ def main():
     dist.all_gather_object(rss, vm_hwm())
     if rank == 0:
         with open(a.out, "w") as f:
-            json.dump(dict(method=a.method, steps=a.steps, world=world, threads=a.threads,
+            json.dump(dict(method=a.method, model=a.model, steps=a.steps, world=world, threads=a.threads,
                            params_requiring_grad=grad_params, bytes_per_step=4 * grad_params,
                            fish_kept=(sum(int(m.sum()) for m in masks) if masks else None),
                            step_time_s=times, loss=losses, peak_rss_bytes=rss, tokenize_s=tok_s,

@@ -19,11 +19,13 @@ For LoRA (r 8 on q, v), (IA)^3 and prompt tuning (20 soft tokens) on MiniLM + SS
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 
 import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "launch"))
+from e2e import check, finish, run_binary  # noqa: E402
 
 try:
     import peft
@@ -36,8 +38,6 @@ os.chdir(SRC)
 MODEL = "models/all-minilm-l6-v2"
 if not os.path.isfile(os.path.join(MODEL, "model.safetensors")):
     sys.exit(f"FAIL: {MODEL} missing: run scripts/fetch-models.sh")
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
-MPI = ["mpirun", "--oversubscribe", "--bind-to", "none"]
 COMMON = ["--model", MODEL, "--tokenizer", MODEL + "/vocab.txt", "--task", "sst2", "--data", "data/glue",
           "--train.max-len", "64", "--train.eval-max", "48", "--train.eval-every", "0", "--threads", "1"]
 METHODS = {
@@ -46,22 +46,11 @@ METHODS = {
     "prompt": ["--method", "prompt", "--prompt.length", "20"],
 }
 TOL = 1e-4
-failures = []
 torch.set_num_threads(1)
 
 
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-
-
 def run(args, np=1):
-    cmd = (MPI + ["-np", str(np)] if np > 1 else []) + [DT] + args
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
-    if r.returncode not in (0, 2):
-        print(r.stdout[-2000:], r.stderr[-2000:])
-    return r
+    return run_binary(DT, args, np)
 
 
 def base_model():
@@ -184,5 +173,4 @@ try:
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
-print(f"{len(failures)} failure(s)")
-sys.exit(1 if failures else 0)
+finish()

@@ -28,32 +28,21 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 import tempfile
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e import check, finish, run_binary  # noqa: E402
+
 DT, SRC = sys.argv[1], sys.argv[2]
 os.chdir(SRC)
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMP_NUM_THREADS="1")
-MPI = ["mpirun", "--oversubscribe", "--bind-to", "none"]
 BASE = "data/stories260K/stories260K.bin"
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
 
 
 def run(args, np=1):
-    cmd = (MPI + ["-np", str(np)] if np > 1 else []) + [DT] + args
-    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
-    if r.returncode not in (0, 2):
-        print(r.stdout[-2000:], r.stderr[-2000:])
-    return r
+    return run_binary(DT, args, np)
 
 
 # ---- independent readers -------------------------------------------------------------------------------
@@ -318,5 +307,4 @@ try:
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 
-print(f"{len(failures)} failure(s)")
-sys.exit(1 if failures else 0)
+finish()
