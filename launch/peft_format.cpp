@@ -10,6 +10,7 @@
 #include <map>
 #include <set>
 
+#include "model/device.h"
 #include "model/hooks.h"
 #include "model/safetensors.h"
 #include "util/error.h"
@@ -48,8 +49,7 @@ std::set<std::string> target_suffixes(const std::set<std::string>& adapted, cons
 
 // HF module names of our parameters (BERT: HF's BertFor* keep the encoder under "bert.").
 std::string hf_name(const model::ModelConfig& config, const std::string& name) {
-  const bool head = name.rfind("classifier.", 0) == 0 || name.rfind("score.", 0) == 0;
-  return config.arch == model::Arch::Bert && !head ? "bert." + name : name;
+  return config.arch == model::Arch::Bert && !model::is_task_head(name) ? "bert." + name : name;
 }
 
 std::string module_of(const std::string& param) { return param.substr(0, param.rfind('.')); }
@@ -67,12 +67,6 @@ std::set<std::string> hf_modules(const model::Backbone& backbone) {
 json number(double v) { return v == std::floor(v) && std::abs(v) < 1e15 ? json(static_cast<int64_t>(v)) : json(v); }
 
 std::vector<int64_t> shape_of(const at::Tensor& t) { return t.sizes().vec(); }
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
 
 const std::map<std::string, std::string>& peft_types() {
   static const std::map<std::string, std::string> types = {
@@ -244,14 +238,14 @@ int64_t load_peft_adapter(const std::string& dir, const PeftLayout& layout,
     expected.insert(t.key);
     if (!file.contains(t.key)) {
       throw_usage_error(where + ": the adapter has no '" + t.key + "' (this run's " + layout.method +
-                        (t.ours.rfind("classifier.", 0) == 0 || t.ours.rfind("score.", 0) == 0
+                        (model::is_task_head(t.ours)
                              ? " trains the task head, PEFT's modules_to_save"
                              : " trains '" + t.ours + "'") +
                         "): it was made for other target modules or another model");
     }
     if (file.entry(t.key).shape != t.shape) {
-      throw_usage_error(where + ": '" + t.key + "' is " + shape_text(file.entry(t.key).shape) + ", and this run's is " +
-                        shape_text(t.shape));
+      throw_usage_error(where + ": '" + t.key + "' is " + c10::str(c10::IntArrayRef(file.entry(t.key).shape)) + ", and this run's is " +
+                        c10::str(c10::IntArrayRef(t.shape)));
     }
   }
   for (const auto& e : file.entries()) {

@@ -71,9 +71,6 @@ std::vector<model::TensorMeta> head_plan(const model::ModelConfig& config, int64
 }
 
 namespace {
-bool is_head_parameter(const std::string& name) {
-  return name.rfind("score.", 0) == 0 || name.rfind("classifier.", 0) == 0;
-}
 
 std::vector<std::string> split_plus(const std::string& spec) {
   std::vector<std::string> parts;
@@ -177,7 +174,7 @@ std::vector<Trainable> MethodSet::apply(model::Backbone& backbone) const {
     for (auto& t : m->attach(backbone)) add(std::move(t));
   }
   for (auto& [name, tensor] : backbone.named_parameters()) {
-    if (is_head_parameter(name) && !names.count(name)) {
+    if (model::is_task_head(name) && !names.count(name)) {
       tensor.requires_grad_(true);
       add(Trainable{name, tensor, "head"});
     }

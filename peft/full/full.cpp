@@ -1,11 +1,10 @@
 // peft/full — full fine-tuning, the baseline: every backbone weight trains (and crosses the wire).
 // Merging is trivially exact: the trained weights are the backbone's own (no hook, no delta).
+#include "model/device.h"
 #include "peft/method.h"
 
 namespace dt::peft {
 namespace {
-
-bool is_head(const std::string& name) { return name.rfind("score.", 0) == 0 || name.rfind("classifier.", 0) == 0; }
 
 class Full final : public Method {
  public:
@@ -16,7 +15,7 @@ class Full final : public Method {
   std::vector<Trainable> attach(model::Backbone& backbone) override {
     std::vector<Trainable> out;
     for (auto& [name, tensor] : backbone.named_parameters()) {
-      if (is_head(name)) continue;  // the task head is added by MethodSet, after every method
+      if (model::is_task_head(name)) continue;  // the task head is added by MethodSet, after every method
       // The frozen weights may be a read-only mapping of the weights file (bf16 for a big T5): train a
       // private float32 copy (the master weights; GradSync and the optimizers work in float32).
       tensor.set_data(tensor.detach().to(at::kFloat, /*non_blocking=*/false, /*copy=*/true));

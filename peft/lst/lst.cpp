@@ -141,9 +141,6 @@ bool is_table(const std::string& name) {
          name == "embeddings.word_embeddings.weight";
 }
 
-bool is_task_head(const std::string& name) {
-  return name.rfind("score.", 0) == 0 || name.rfind("classifier.", 0) == 0;
-}
 
 // One ladder: Llama's or BERT's, or T5's encoder's or decoder's.
 struct Ladder {
@@ -259,7 +256,7 @@ class Pruner {
          const std::vector<std::pair<std::string, at::Tensor>>& params)
       : c_(c), s_(side) {
     for (const auto& [name, t] : params) {
-      if (is_task_head(name)) continue;
+      if (model::is_task_head(name)) continue;
       weights_[name] = t.detach().to(at::kCPU, at::kFloat);  // pruning runs on the host
     }
     at::Tensor model_score = at::zeros({c.d_model}, at::kFloat);
@@ -383,7 +380,7 @@ class Lst final : public Method {
       if (options_.prune == "magnitude") {
         Pruner pruner(c, sc, params);
         for (auto& [n, t] : side_params) {
-          if (is_task_head(n)) continue;  // the backbone's head is used instead
+          if (model::is_task_head(n)) continue;  // the backbone's head is used instead
           t.copy_(pruner.pruned(backbone_name(n)));
         }
       }
@@ -395,7 +392,7 @@ class Lst final : public Method {
       if (!is_table(meta.name)) out.push_back({"side." + meta.name, t, "lst"});
     }
     for (const auto& [n, t] : side_params) {
-      if (is_task_head(n)) t.requires_grad_(false);
+      if (model::is_task_head(n)) t.requires_grad_(false);
     }
 
     // ---- ladders: downsamples and gates (nn.Linear's initialization; alpha = 0)
@@ -570,7 +567,7 @@ class Lst final : public Method {
     const std::string combine = " (--method lst runs the backbone without autograd and combines with no other method)";
     DT_CHECK(backbone.hooks().empty(), std::string("lst: another method hooks the backbone") + combine);
     for (const auto& [name, t] : backbone.named_parameters()) {
-      if (is_task_head(name)) continue;  // task heads train
+      if (model::is_task_head(name)) continue;  // task heads train
       DT_CHECK(!t.requires_grad(), "lst: another method trains the backbone's '" + name + "'" + combine);
     }
   }
