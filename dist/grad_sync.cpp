@@ -90,6 +90,51 @@ CommHook make_compression_hook(Compression c) {
   };
 }
 
+CommHook make_dense_scatter_hook(std::map<size_t, DenseScatter> dense) {
+  auto wires = std::make_shared<std::vector<at::Tensor>>();  // one per bucket, reused every step
+  auto shared = std::make_shared<const std::map<size_t, DenseScatter>>(std::move(dense));
+  return [shared, wires](comm::Communicator& comm, Bucket& b) {
+    // The wire holds the bucket's parameters in order, a dense one as its whole tensor.
+    std::vector<int64_t> starts, lengths;
+    int64_t total = 0;
+    for (size_t i = 0; i < b.params.size(); ++i) {
+      const auto it = shared->find(b.params[i]);
+      const int64_t n = it == shared->end() ? b.views[i].numel() : it->second.numel;
+      starts.push_back(total);
+      lengths.push_back(n);
+      total += n;
+    }
+    if (wires->size() <= b.index) wires->resize(b.index + 1);
+    at::Tensor& wire = (*wires)[b.index];
+    if (!wire.defined() || wire.numel() != total) wire = at::empty({total}, b.buffer.options());
+    wire.zero_();
+    for (size_t i = 0; i < b.params.size(); ++i) {
+      at::Tensor segment = wire.narrow(0, starts[i], lengths[i]);
+      const auto it = shared->find(b.params[i]);
+      if (it == shared->end()) {
+        segment.copy_(b.views[i].reshape({-1}));
+      } else {
+        DT_CHECK(it->second.positions.numel() == b.views[i].numel(),
+                 fmt::format("dense sync: {} positions for a parameter of {} values",
+                             it->second.positions.numel(), b.views[i].numel()));
+        segment.index_copy_(0, it->second.positions, b.views[i].reshape({-1}));
+      }
+    }
+    comm::WorkPtr work = comm.all_reduce(wire, {comm::ReduceOp::Average});
+    at::Tensor in = wire;
+    std::vector<at::Tensor> views = b.views;
+    std::vector<size_t> params = b.params;
+    return then_work(std::move(work), [shared, in, views, params, starts, lengths]() mutable {
+      for (size_t i = 0; i < params.size(); ++i) {
+        at::Tensor segment = in.narrow(0, starts[i], lengths[i]);
+        const auto it = shared->find(params[i]);
+        at::Tensor flat = views[i].view({-1});
+        flat.copy_(it == shared->end() ? segment : segment.index_select(0, it->second.positions));
+      }
+    });
+  };
+}
+
 // ---------------------------------------------------------------------------- autograd hook
 
 namespace {

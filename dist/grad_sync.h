@@ -29,6 +29,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -77,6 +78,16 @@ using CommHook = std::function<comm::WorkPtr(comm::Communicator&, Bucket&)>;
 CommHook allreduce_hook();
 // 16-bit compression: None returns allreduce_hook().
 CommHook make_compression_hook(Compression c);
+// DDP-style dense sync of values-over-indices parameters (the baseline FISH's own code is: a DDP model
+// whose masked gradients travel as whole tensors, zeros included). `dense[i]` says that parameter i
+// (GradSync's index) holds the values of a dense tensor of `numel` elements at flat `positions`: the
+// hook scatters them into a zeroed fp32 tensor of that size, all-reduces the whole tensor (Average)
+// and gathers the positions back. The result equals allreduce_hook()'s; only the bytes differ.
+struct DenseScatter {
+  at::Tensor positions;  // int64, 1-D, one per element of the parameter, on the parameter's device
+  int64_t numel = 0;
+};
+CommHook make_dense_scatter_hook(std::map<size_t, DenseScatter> dense);
 // A Work that runs `then` once, on the first successful wait() of `inner` (the continuation of a
 // hook, e.g. converting a 16-bit result back). is_completed() reports `inner`'s state.
 comm::WorkPtr then_work(comm::WorkPtr inner, std::function<void()> then);

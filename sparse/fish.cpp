@@ -33,6 +33,10 @@ FishOptions fish_options(const po::variables_map& vm) {
   if (vm.count("fish.mask")) o.mask_path = vm["fish.mask"].as<std::string>();
   o.seed = vm["fish.seed"].as<uint64_t>();
   o.refresh_every = vm["fish.refresh-every"].as<int64_t>();
+  o.dense_sync = vm["fish.dense-sync"].as<bool>();
+  if (o.dense_sync && o.refresh_every > 0) {
+    throw_usage_error("--fish.dense-sync keeps the dense positions of a fixed mask: it excludes --fish.refresh-every");
+  }
   if (o.refresh_every < 0) throw_usage_error("--fish.refresh-every must be >= 0");
   if (o.refresh_every > 0 && o.select != "fisher") {
     throw_usage_error("--fish.refresh-every recomputes the Fisher: it needs --fish.select fisher");
@@ -251,6 +255,26 @@ std::vector<peft::Trainable> FishMethod::attach(model::Backbone& backbone) {
   return {{"fish.values", values_, "fish"}};
 }
 
+std::pair<at::Tensor, int64_t> FishMethod::dense_positions(const model::ModelConfig& config) const {
+  DT_CHECK(values_.defined() && mask_, "fish: dense_positions() needs an attached method");
+  // Every tensor the mask may choose from, end to end (FISH's DDP model has them all requiring grad);
+  // the values sit in mask order, as set_layout() lays them out.
+  std::map<std::string, int64_t> offset_of;
+  int64_t total = 0;
+  for (const auto& meta : eligible_tensors(config, options_.fisher.include, options_.fisher.exclude)) {
+    offset_of[meta.name] = total;
+    total += meta.numel();
+  }
+  std::vector<at::Tensor> parts;
+  for (const auto& e : mask_->entries) {
+    const auto it = offset_of.find(e.name);
+    DT_CHECK(it != offset_of.end(), "fish: masked tensor " + e.name + " is not among the eligible tensors");
+    parts.push_back(e.indices.to(at::kLong) + it->second);
+  }
+  at::Tensor positions = parts.empty() ? at::empty({0}, at::kLong) : at::cat(parts);
+  return {positions.to(values_.device()).contiguous(), total};
+}
+
 void FishMethod::set_layout() {
   layout_->clear();
   int64_t offset = 0;
@@ -412,7 +436,10 @@ void register_fish(peft::Registry& registry) {
                       ("fish.mask", po::value<std::string>(), "a mask file from `deltatune mask` (instead of computing one)")
                       ("fish.seed", po::value<uint64_t>()->default_value(0), "order of the Fisher samples; random selection")
                       ("fish.refresh-every", po::value<int64_t>()->default_value(0),
-                       "recompute the Fisher mask every N steps, carrying values over for kept indices (0: fixed mask)");
+                       "recompute the Fisher mask every N steps, carrying values over for kept indices (0: fixed mask)")
+                      ("fish.dense-sync", po::bool_switch(),
+                       "baseline: all-reduce the masked tensors whole, zeros included, as FISH's own DDP code does "
+                       "(same result, ~1/keep times the bytes)");
                 },
                 [](const po::variables_map& vm) { return std::make_unique<FishMethod>(fish_options(vm)); }});
 }

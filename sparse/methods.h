@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <map>
+#include <utility>
 #include <memory>
 #include <string>
 #include <vector>
@@ -62,6 +63,7 @@ struct FishOptions {
   std::string mask_path;     // --fish.mask
   uint64_t seed = 0;         // --fish.seed: sample order (mask) and the random selection
   int64_t refresh_every = 0; // --fish.refresh-every N: recompute the Fisher mask every N steps (0: fixed)
+  bool dense_sync = false;   // --fish.dense-sync: the DDP-style baseline (GradSync's dense scatter hook)
 };
 FishOptions fish_options(const boost::program_options::variables_map& vm);
 std::string describe_fish_options(const FishOptions& options);
@@ -89,6 +91,9 @@ class FishMethod final : public peft::Method {
                                comm::Communicator& comm);
 
   const FishOptions& options() const { return options_; }
+  // Where "fish.values" sits in the eligible tensors (--fish.include/--fish.exclude) laid end to end:
+  // flat positions, one per value, and the total size; for --fish.dense-sync, which moves them whole.
+  std::pair<at::Tensor, int64_t> dense_positions(const model::ModelConfig& config) const;
   // A mask computed beforehand (prepare_fish); attach() then uses it.
   void set_mask(Mask mask) { mask_ = std::make_shared<Mask>(std::move(mask)); }
   const Mask* mask() const { return mask_.get(); }

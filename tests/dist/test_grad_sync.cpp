@@ -329,6 +329,41 @@ INSTANTIATE_TEST_SUITE_P(Bf16Fp16, GradSyncCompression,
                          ::testing::Values(Compression::BF16, Compression::FP16),
                          [](const auto& info) { return std::string(compression_name(info.param)); });
 
+// ---------------------------------------------------------------------------- dense sync (--fish.dense-sync)
+
+// fc1.weight's 1,024 values stand for entries of a 5,000-element dense tensor at scattered positions
+// (FISH's values over a mask): the dense hook moves the whole tensor, zeros included, and must give the
+// gradients the plain hook gives, with (kNumel - 1024 + 5000) x 4 bytes on the wire.
+TEST(GradSync, DenseScatterHookEqualsValuesOnlyWithDenseBytes) {
+  constexpr int64_t kDense = 5000, kValues = kHidden * kHidden;
+  auto mlp = make_mlp(40), twin = make_mlp(40);
+  GradSync sync(C(), trainable(mlp), small_buckets());
+  GradSync plain(C(), trainable(twin), small_buckets());
+  size_t fc1 = 0;
+  while (sync.param_name(fc1) != "fc1.weight") ++fc1;
+  torch::manual_seed(7);  // the same positions on every rank
+  const at::Tensor positions = std::get<0>(at::sort(at::randperm(kDense, at::kLong).narrow(0, 0, kValues)));
+  sync.set_comm_hook(make_dense_scatter_hook({{fc1, DenseScatter{positions, kDense}}}));
+  for (int step = 0; step < 2; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    Data d = global_batch(60 + step, 1);
+    sync.zero_grad();
+    plain.zero_grad();
+    loss_of(mlp, rows(d.x, 0), rows(d.y, 0)).backward();
+    loss_of(twin, rows(d.x, 0), rows(d.y, 0)).backward();
+    C().reset_counters();
+    sync.finish();
+    EXPECT_EQ(sync.last_stats().bytes, static_cast<uint64_t>(kNumel - kValues + kDense) * 4);
+    EXPECT_EQ(sync.last_stats().collectives, 3u);
+    plain.finish();
+    EXPECT_EQ(plain.last_stats().bytes, static_cast<uint64_t>(kNumel) * 4);
+    EXPECT_LE(grad_rel_error(mlp, twin), 1e-6);
+    for (size_t k = 0; k < mlp->parameters().size(); ++k) {
+      EXPECT_TRUE(mlp->parameters()[k].grad().allclose(twin->parameters()[k].grad(), 1e-6, 1e-7));
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------- check_finite
 
 TEST(GradSync, NonFiniteGradientOnOneRankThrowsOnEveryRank) {
