@@ -264,27 +264,6 @@ class SizeRun {
   at::Tensor base_in_, expected_, rank_of_, in_, out_;
 };
 
-// "#  Rank  r Pid p on host" lines and the distinct hosts, gathered over the MPI communicator.
-std::vector<std::string> describe_ranks(comm::Communicator& cpu, int* hosts) {
-  constexpr int kChars = 64;
-  const std::string host = hostname().substr(0, kChars);
-  at::Tensor mine = at::zeros({kChars + 1}, at::kInt);
-  mine[0] = static_cast<int>(getpid());
-  for (size_t i = 0; i < host.size(); ++i) mine[i + 1] = static_cast<int>(static_cast<unsigned char>(host[i]));
-  at::Tensor all = at::zeros({cpu.size() * (kChars + 1)}, at::kInt);
-  cpu.all_gather(mine, all)->wait();
-  std::vector<std::string> lines, seen;
-  for (int r = 0; r < cpu.size(); ++r) {
-    const int* p = all.data_ptr<int>() + r * (kChars + 1);
-    std::string h;
-    for (int i = 1; i <= kChars && p[i] != 0; ++i) h += static_cast<char>(p[i]);
-    if (std::find(seen.begin(), seen.end(), h) == seen.end()) seen.push_back(h);
-    lines.push_back(fmt::format("#  Rank {:>3} Pid {:>7} on {}", r, p[0], h));
-  }
-  *hosts = static_cast<int>(seen.size());
-  return lines;
-}
-
 int run_commbench(const po::variables_map& vm) {
   // ---- options -----------------------------------------------------------------------------------
   const Op op = parse_op(vm["op"].as<std::string>());
@@ -328,8 +307,8 @@ int run_commbench(const po::variables_map& vm) {
   const at::Device device = comm.backend_name() == "nccl" ? session.device() : at::Device(at::kCPU);
 
   // ---- header ------------------------------------------------------------------------------------
-  int hosts = 0;
-  const auto rank_lines = describe_ranks(cpu, &hosts);
+  const auto places = gather_placement(cpu);
+  const int hosts = count_hosts(places);
   const int elem = static_cast<int>(at::elementSize(dtype.type));
   const auto sizes = benchmark_sizes(min_bytes, max_bytes, factor, op, elem, n);
   if (rank == 0) {
@@ -338,7 +317,9 @@ int run_commbench(const po::variables_map& vm) {
     fmt::print("# minBytes {} maxBytes {} step: {}(factor) warmup iters: {} iters: {} validation: {}\n", min_bytes,
                max_bytes, factor, warmup, iters, check ? 1 : 0);
     fmt::print("#\n# Using ranks\n");
-    for (const auto& line : rank_lines) fmt::print("{}\n", line);
+    for (size_t r = 0; r < places.size(); ++r) {
+      fmt::print("#  Rank {:>3} Pid {:>7} on {} ({})\n", r, places[r].pid, places[r].host, places[r].addresses);
+    }
     fmt::print("#\n");
     fmt::print("# {:>10}  {:>12}  {:>8}  {:>6}  {:>10}  {:>8}  {:>8}  {:>7}\n", "size", "count", "type", "redop",
                "time", "algbw", "busbw", "#wrong");

@@ -2,10 +2,17 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/zeros.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
+#include <arpa/inet.h>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <thread>
 
@@ -154,6 +161,72 @@ Session::Session(const SessionOptions& options) {
 }
 
 Session::~Session() = default;
+
+namespace {
+std::string ipv4_addresses() {
+  ifaddrs* list = nullptr;
+  if (getifaddrs(&list) != 0) return "-";
+  std::vector<std::string> out;
+  for (const ifaddrs* a = list; a != nullptr; a = a->ifa_next) {
+    if (a->ifa_addr == nullptr || a->ifa_addr->sa_family != AF_INET) continue;
+    char text[INET_ADDRSTRLEN] = {};
+    const auto* in = reinterpret_cast<const sockaddr_in*>(a->ifa_addr);
+    if (inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text)) == nullptr) continue;
+    if (std::string(text).rfind("127.", 0) == 0) continue;
+    if (std::find(out.begin(), out.end(), text) == out.end()) out.emplace_back(text);
+  }
+  freeifaddrs(list);
+  return out.empty() ? "-" : fmt::format("{}", fmt::join(out, ","));
+}
+}  // namespace
+
+std::vector<RankPlace> gather_placement(comm::Communicator& comm) {
+  // Fixed-width records of chars as int32 (the communicator's dtypes), one per rank: pid, then
+  // "host\taddresses", cut at kChars (a name that long is only shown cut).
+  constexpr int kChars = 192;
+  const std::string text = (hostname() + "\t" + ipv4_addresses()).substr(0, kChars);
+  at::Tensor mine = at::zeros({kChars + 1}, at::kInt);
+  mine[0] = static_cast<int>(getpid());
+  for (size_t i = 0; i < text.size(); ++i) mine[i + 1] = static_cast<int>(static_cast<unsigned char>(text[i]));
+  at::Tensor all = at::zeros({comm.size() * (kChars + 1)}, at::kInt);
+  comm.all_gather(mine, all)->wait();
+  std::vector<RankPlace> places;
+  for (int r = 0; r < comm.size(); ++r) {
+    const int* p = all.data_ptr<int>() + r * (kChars + 1);
+    std::string record;
+    for (int i = 1; i <= kChars && p[i] != 0; ++i) record += static_cast<char>(p[i]);
+    const size_t tab = record.find('\t');
+    places.push_back({p[0], record.substr(0, tab), tab == std::string::npos ? "-" : record.substr(tab + 1)});
+  }
+  return places;
+}
+
+int count_hosts(const std::vector<RankPlace>& places) {
+  std::vector<std::string> seen;
+  for (const auto& p : places) {
+    if (std::find(seen.begin(), seen.end(), p.host) == seen.end()) seen.push_back(p.host);
+  }
+  return static_cast<int>(seen.size());
+}
+
+std::string describe_hosts(const std::vector<RankPlace>& places) {
+  std::vector<std::string> hosts, parts;
+  for (const auto& p : places) {
+    if (std::find(hosts.begin(), hosts.end(), p.host) == hosts.end()) hosts.push_back(p.host);
+  }
+  for (const auto& host : hosts) {
+    std::vector<int> ranks;
+    std::string addresses;
+    for (size_t r = 0; r < places.size(); ++r) {
+      if (places[r].host != host) continue;
+      ranks.push_back(static_cast<int>(r));
+      addresses = places[r].addresses;
+    }
+    parts.push_back(
+        fmt::format("{} ({}) rank{} {}", host, addresses, ranks.size() > 1 ? "s" : "", fmt::join(ranks, ",")));
+  }
+  return fmt::format("{} host{}: {}", hosts.size(), hosts.size() > 1 ? "s" : "", fmt::join(parts, "; "));
+}
 
 void shutdown_mpi(int exit_code, bool error) {
   auto& runtime = mpi_runtime();

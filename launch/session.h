@@ -81,4 +81,17 @@ int default_threads(int cores, int local_size, bool on_gpu = false);
 // The cores this process may run on (its CPU affinity: one when mpirun bound it to a core).
 int usable_cores();
 
+// Where a rank runs: its pid, its host's name and the host's IPv4 addresses (loopback left out), so a
+// start-up line shows which machines, and which of their networks, a job spans.
+struct RankPlace {
+  int pid = 0;
+  std::string host;
+  std::string addresses;  // "10.213.0.1" or "10.0.0.5,192.168.1.5"; "-" when the host has none
+};
+// Collective over `comm`: every rank gets every rank's place, in rank order.
+std::vector<RankPlace> gather_placement(comm::Communicator& comm);
+int count_hosts(const std::vector<RankPlace>& places);
+// "2 hosts: dt-h0 (10.213.0.1) ranks 0; dt-h1 (10.213.0.2) ranks 1"
+std::string describe_hosts(const std::vector<RankPlace>& places);
+
 }  // namespace dt::launch
