@@ -88,6 +88,7 @@ int run_train(const po::variables_map& vm) {
   const std::string resolved_config = render_config(desc, vm);
   log::info("deltatune train: {} ranks, backend {}, device {}, {} torch thread(s) per rank", world,
             comm.backend_name(), device.str(), session.threads());
+  log::info("placement: {}", describe_hosts(gather_placement(session.cpu_comm())));
   log::info("resolved config:\n{}", resolved_config);
 
   const auto frozen_dtype = model::frozen_dtype(vm["train.dtype"].as<std::string>());  // before any loading
@@ -213,6 +214,21 @@ int run_train(const po::variables_map& vm) {
   sync_options.compress = dist::parse_compression(vm["dist.compress"].as<std::string>());
   sync_options.check_finite = vm["dist.check-finite"].as<bool>();
   dist::GradSync grad_sync(comm, named_trainables, sync_options);
+  for (const auto& m : methods.methods()) {
+    // --fish.dense-sync: the DDP-style baseline, same values, the masked tensors' whole size on the wire.
+    auto* fish = dynamic_cast<sparse::FishMethod*>(m.get());
+    if (fish == nullptr || !fish->options().dense_sync) continue;
+    if (sync_options.compress != dist::Compression::None) {
+      throw_usage_error("--fish.dense-sync all-reduces fp32 tensors: it excludes --dist.compress");
+    }
+    size_t index = 0;
+    while (index < named_trainables.size() && named_trainables[index].first != "fish.values") ++index;
+    DT_CHECK(index < named_trainables.size(), "--fish.dense-sync: no fish.values among the trainables");
+    auto [positions, numel] = fish->dense_positions(config);
+    grad_sync.set_comm_hook(dist::make_dense_scatter_hook({{index, dist::DenseScatter{positions, numel}}}));
+    log::info("fish.dense-sync: fish.values ({} values) travels inside its eligible tensors whole: {} floats a step",
+              with_commas(positions.numel()), with_commas(numel));
+  }
   log::info("gradsync: {} bucket(s), {} bytes of gradients per step", grad_sync.buckets().size(), grad_sync.grad_bytes());
   dist::OptimizerOptions optimizer_options;
   optimizer_options.name = vm["train.optimizer"].as<std::string>();
