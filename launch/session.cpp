@@ -201,19 +201,20 @@ std::vector<RankPlace> gather_placement(comm::Communicator& comm) {
   return places;
 }
 
-int count_hosts(const std::vector<RankPlace>& places) {
-  std::vector<std::string> seen;
-  for (const auto& p : places) {
-    if (std::find(seen.begin(), seen.end(), p.host) == seen.end()) seen.push_back(p.host);
-  }
-  return static_cast<int>(seen.size());
-}
-
-std::string describe_hosts(const std::vector<RankPlace>& places) {
-  std::vector<std::string> hosts, parts;
+// The hosts in order of their first rank.
+static std::vector<std::string> distinct_hosts(const std::vector<RankPlace>& places) {
+  std::vector<std::string> hosts;
   for (const auto& p : places) {
     if (std::find(hosts.begin(), hosts.end(), p.host) == hosts.end()) hosts.push_back(p.host);
   }
+  return hosts;
+}
+
+int count_hosts(const std::vector<RankPlace>& places) { return static_cast<int>(distinct_hosts(places).size()); }
+
+std::string describe_hosts(const std::vector<RankPlace>& places) {
+  const std::vector<std::string> hosts = distinct_hosts(places);
+  std::vector<std::string> parts;
   for (const auto& host : hosts) {
     std::vector<int> ranks;
     std::string addresses;
