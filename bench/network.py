@@ -26,8 +26,9 @@ package ships real T5 weights, so `--model t5-base`: HF's config, random init; S
 batch 4 per rank, 32 tokens).
 
   bench/network.py [--quick] [--models minilm,t5-base] [--methods ...] [--hosts 2,4] [--links 1gbit,10gbit]
---quick: MiniLM, 2 hosts, full/fish/fish_dense/lora, 5 steps. Needs root (namespaces); writes
-bench/results/network.{json,md,png,commands.txt}.
+--quick: MiniLM, 2 hosts, full/fish/fish_dense/lora, 5 steps (default 10). Needs root (namespaces); writes
+bench/results/network.{json,md,png,commands.txt} (--quick: network.quick.*, so a quick run never replaces the
+full table).
 """
 import argparse
 import json
@@ -147,8 +148,9 @@ def main():
     methods = a.methods.split(",") if a.methods else (["full", "fish_dense", "fish", "lora"] if q else list(METHODS))
     hosts_list = [int(h) for h in a.hosts.split(",")] if a.hosts else ([2] if q else [2, 4])
     links = a.links.split(",") if a.links else list(LINKS)
-    steps = a.steps or (5 if q else 6)
-    log = C.Log("network")
+    steps = a.steps or (5 if q else 10)
+    name = "network.quick" if q else "network"
+    log = C.Log(name)
     fits, rows = {}, []
     try:
         for hosts in hosts_list:
@@ -179,17 +181,22 @@ def main():
                             row["slowdown_vs_no_network"] = r["step_s"] / no_net["step_s"]
                         rows.append(row)
                         print(f"[bench:network] {model} {method} {hosts} hosts {link}: {row}", flush=True)
+                    save(name, rows, fits, steps, q)  # after every row: a run cut short keeps what it measured
     finally:
         log.run(netns("down"), check=False)
         log.save()
-    out = dict(rows=rows, fits=fits, steps=steps, quick=q, note=C.machine_note())
-    with open(os.path.join(C.RESULTS, "network.json"), "w") as f:
+    save(name, rows, fits, steps, q)
+
+
+def save(name, rows, fits, steps, quick):
+    out = dict(rows=rows, fits=fits, steps=steps, quick=quick, note=C.machine_note())
+    with open(os.path.join(C.RESULTS, f"{name}.json"), "w") as f:
         json.dump(out, f, indent=1)
-    write_md(out)
-    plot(out)
+    write_md(name, out)
+    plot(name, out)
 
 
-def write_md(out):
+def write_md(name, out):
     lines = [f"### Step time over emulated networks (network namespaces, tc-shaped links){' — QUICK' if out['quick'] else ''}",
              "",
              "| model | method | hosts | link | step s | × no network | bytes/step/rank | predicted s | predicted ÷ measured |",
@@ -216,11 +223,11 @@ def write_md(out):
               "fitted all-reduce time of the step's buckets and the loss all-reduce, without overlap. "
               "Hosts share this machine's cores (host I on core I mod ncores), so 4 hosts run 2 ranks per core in "
               "every column. FISH's mask by magnitude (same bytes as a Fisher mask). " + out["note"], ""]
-    with open(os.path.join(C.RESULTS, "network.md"), "w") as f:
+    with open(os.path.join(C.RESULTS, f"{name}.md"), "w") as f:
         f.write("\n".join(lines))
 
 
-def plot(out):
+def plot(name, out):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -240,7 +247,7 @@ def plot(out):
         ax.set_title(f"{model}, {hosts} hosts")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(C.RESULTS, "network.png"), dpi=110)
+    fig.savefig(os.path.join(C.RESULTS, f"{name}.png"), dpi=110)
 
 
 if __name__ == "__main__":
