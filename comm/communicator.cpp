@@ -19,13 +19,33 @@ const char* collective_name(Collective c) {
   return "unknown";
 }
 
+CollectiveCounters Communicator::counters(Collective c) const {
+  const auto& k = counters_[static_cast<int>(c)];
+  return {k.calls.load(), k.bytes.load()};
+}
+
 CollectiveCounters Communicator::total_counters() const {
   CollectiveCounters total;
   for (const auto& k : counters_) {
-    total.calls += k.calls;
-    total.bytes += k.bytes;
+    total.calls += k.calls.load();
+    total.bytes += k.bytes.load();
   }
   return total;
+}
+
+void Communicator::reset_counters() {
+  for (auto& k : counters_) {
+    k.calls = 0;
+    k.bytes = 0;
+  }
+}
+
+WorkPtr Communicator::counted(Collective c, uint64_t bytes, WorkPtr work) {
+  auto& k = counters_[static_cast<int>(c)];
+  k.calls.fetch_add(1);
+  k.bytes.fetch_add(bytes);
+  work->set_accounting(bytes, 1);
+  return work;
 }
 
 void check_tensor(const at::Tensor& t, const char* backend, const char* what) {

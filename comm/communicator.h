@@ -8,13 +8,16 @@
 // reads and writes them in place until the Work completes, so callers keep them alive until wait().
 //
 // Counters: every collective adds its call and its payload bytes (the bytes this rank hands to the
-// collective: numel × element size of the input) to per-collective counters, readable and resettable.
-// Training metrics (`bytes_allreduced`, `collectives`) and the benchmarks are built on them.
+// collective: numel × element size of the input) to per-collective counters, readable and resettable
+// (atomic: collectives may be issued from several threads). Each Work also carries its own payload
+// bytes, so a caller that needs the bytes of the collectives *it* issued (GradSync's per-step metrics)
+// sums its Works instead of differencing counters that other threads also move.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -40,17 +43,36 @@ struct ReduceScatterOptions {
   ReduceOp op = ReduceOp::Sum;
 };
 
-// An in-flight collective. wait() rethrows the collective's error, if any.
+// An in-flight collective. wait() rethrows the collective's error, if any. Several threads may wait
+// on one Work.
 class Work {
  public:
   virtual ~Work() = default;
   // Non-blocking: has the collective finished (successfully or not)?
   virtual bool is_completed() = 0;
-  // Blocks until done. Returns false if `timeout` passed first (the collective is still in flight);
-  // a zero timeout means wait forever. Throws dt::Error if the collective failed.
+  // Blocks until the collective's result may be used. Returns false if `timeout` passed first (the
+  // collective is still in flight); a zero timeout means no limit. Throws dt::Error if the collective
+  // failed. Under NCCL a zero-timeout wait does not block the host: it orders the caller's CUDA stream
+  // after the collective (as c10d's Work::wait does), which is what "may be used" means on a GPU.
   virtual bool wait(std::chrono::milliseconds timeout = std::chrono::milliseconds::zero()) = 0;
   // The error the collective ended with, or null.
   virtual std::exception_ptr exception() const = 0;
+
+  // What this Work put on the wire, set once by the Communicator that issued it (or copied from the
+  // Work it wraps): the payload bytes this rank handed over and the number of collectives (1).
+  uint64_t payload_bytes() const { return payload_bytes_; }
+  uint64_t collectives() const { return collectives_; }
+
+ protected:
+  void set_accounting(uint64_t bytes, uint64_t collectives) {
+    payload_bytes_ = bytes;
+    collectives_ = collectives;
+  }
+
+ private:
+  friend class Communicator;
+  uint64_t payload_bytes_ = 0;
+  uint64_t collectives_ = 0;
 };
 using WorkPtr = std::shared_ptr<Work>;
 
@@ -84,19 +106,20 @@ class Communicator {
                                  const ReduceScatterOptions& options = {}) = 0;
   virtual WorkPtr barrier() = 0;
 
-  CollectiveCounters counters(Collective c) const { return counters_[static_cast<int>(c)]; }
+  CollectiveCounters counters(Collective c) const;
   CollectiveCounters total_counters() const;
-  void reset_counters() { counters_ = {}; }
+  void reset_counters();
 
  protected:
-  void count(Collective c, uint64_t bytes) {
-    auto& k = counters_[static_cast<int>(c)];
-    k.calls += 1;
-    k.bytes += bytes;
-  }
+  // Every backend passes each Work it issues through here: the counters and the Work's own accounting.
+  WorkPtr counted(Collective c, uint64_t bytes, WorkPtr work);
 
  private:
-  std::array<CollectiveCounters, kNumCollectives> counters_{};
+  struct AtomicCounters {
+    std::atomic<uint64_t> calls{0};
+    std::atomic<uint64_t> bytes{0};
+  };
+  std::array<AtomicCounters, kNumCollectives> counters_{};
 };
 
 // Shared argument checks, so every backend refuses the same things with the same words.

@@ -296,8 +296,7 @@ class MpiCommunicator final : public Communicator {
         if (!t.is_cpu()) t.copy_(host);
       };
     }
-    count(Collective::AllReduce, payload(tensor));
-    return work;
+    return counted(Collective::AllReduce, payload(tensor), std::move(work));
   }
 
   WorkPtr broadcast(at::Tensor& tensor, const BroadcastOptions& options) override {
@@ -310,8 +309,7 @@ class MpiCommunicator final : public Communicator {
       CHECK_MPI(MPI_Ibcast(host.data_ptr(), n, mpi_type(host), options.root, comm_, &work->request));
     });
     if (!tensor.is_cpu()) work->finish = [t = tensor, host]() mutable { t.copy_(host); };
-    count(Collective::Broadcast, payload(tensor));
-    return work;
+    return counted(Collective::Broadcast, payload(tensor), std::move(work));
   }
 
   WorkPtr all_gather(const at::Tensor& input, at::Tensor& output) override {
@@ -325,8 +323,7 @@ class MpiCommunicator final : public Communicator {
       CHECK_MPI(MPI_Iallgather(input.data_ptr(), n, mpi_type(input), output.data_ptr(), n,
                                mpi_type(output), comm_, &work->request));
     });
-    count(Collective::AllGather, payload(input));
-    return work;
+    return counted(Collective::AllGather, payload(input), std::move(work));
   }
 
   WorkPtr all_gather_v(const at::Tensor& input, at::Tensor& output,
@@ -346,8 +343,7 @@ class MpiCommunicator final : public Communicator {
                                 output.data_ptr(), work->counts.data(), work->displs.data(),
                                 mpi_type(output), comm_, &work->request));
     });
-    count(Collective::AllGatherV, payload(input));
-    return work;
+    return counted(Collective::AllGatherV, payload(input), std::move(work));
   }
 
   WorkPtr reduce_scatter(const at::Tensor& input, at::Tensor& output,
@@ -366,15 +362,13 @@ class MpiCommunicator final : public Communicator {
     if (options.op == ReduceOp::Average) {
       work->finish = [t = output, s = size_]() mutable { divide_by(t, s); };
     }
-    count(Collective::ReduceScatter, payload(input));
-    return work;
+    return counted(Collective::ReduceScatter, payload(input), std::move(work));
   }
 
   WorkPtr barrier() override {
     auto work = std::make_shared<MpiWork>("MPI_Ibarrier", std::vector<at::Tensor>{});
     mpi_call([&] { CHECK_MPI(MPI_Ibarrier(comm_, &work->request)); });
-    count(Collective::Barrier, 0);
-    return work;
+    return counted(Collective::Barrier, 0, std::move(work));
   }
 
  private:

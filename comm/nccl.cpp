@@ -11,7 +11,6 @@
 #include <ATen/ATen.h>
 #include <cuda_runtime.h>
 #include <unistd.h>
-#include <mpi.h>
 #include <nccl.h>
 #ifdef DELTATUNE_TORCH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -136,9 +135,15 @@ class Watchdog {
     while (!cv_.wait_for(lock, period, [&] { return stop_; })) {
       for (auto it = pending_.begin(); it != pending_.end();) {
         const cudaError_t q = cudaEventQuery(it->done->event);
-        if (q != cudaErrorNotReady) {
+        if (q == cudaSuccess) {
           it = pending_.erase(it);
           continue;
+        }
+        // An error here is the device's (a fault in this or an earlier kernel): the collective will
+        // never complete, and its peers are waiting in it. Dropping the entry would hide exactly the
+        // hang the watchdog exists for.
+        if (q != cudaErrorNotReady) {
+          abort_job(std::string(it->what) + " failed on the device: " + cudaGetErrorString(q));
         }
         if (std::chrono::steady_clock::now() - it->start > timeout_) {
           abort_job(std::string(it->what) + " did not complete within " +
@@ -154,12 +159,14 @@ class Watchdog {
     }
   }
 
+  // Not MPI_Abort: MPI is initialized FUNNELED where MULTIPLE is missing, and this thread is not the
+  // one that may call MPI. Aborting the process is enough: mpirun and srun end the whole job when a
+  // rank dies on a signal, and ncclCommAbort first releases the peers blocked in this communicator.
   [[noreturn]] void abort_job(const std::string& why) {
     log::error("{}nccl watchdog: {}; aborting the NCCL communicator and the job "
                "(hint: a peer likely died or diverged; rerun with NCCL_DEBUG=INFO)",
                error_prefix(), why);
     ncclCommAbort(comm_);
-    MPI_Abort(MPI_COMM_WORLD, 1);
     std::abort();
   }
 
@@ -186,11 +193,13 @@ class NcclWork final : public Work {
 
   bool wait(std::chrono::milliseconds timeout) override {
     if (timeout.count() <= 0) {
-      // Order the compute stream after the collective; the host goes on.
+      // Order the compute stream after the collective; the host goes on. Query the event first, so an
+      // error already recorded (or one the event reports now) is thrown here, not lost.
       std::lock_guard<std::mutex> lock(mu_);
       try {
         CHECK_CUDA(cudaSetDevice(device_));
-        CHECK_CUDA(cudaStreamWaitEvent(compute_stream(), done_->event, 0));
+        poll();
+        if (!error_) CHECK_CUDA(cudaStreamWaitEvent(compute_stream(), done_->event, 0));
       } catch (...) {
         if (!error_) error_ = std::current_exception();
       }
@@ -332,8 +341,7 @@ class NcclCommunicator final : public Communicator {
       CHECK_NCCL(ncclAllReduce(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor),
                                nccl_op(options.op), comm_, stream_));
     });
-    count(Collective::AllReduce, payload(tensor));
-    return work;
+    return counted(Collective::AllReduce, payload(tensor), std::move(work));
   }
 
   WorkPtr broadcast(at::Tensor& tensor, const BroadcastOptions& options) override {
@@ -343,8 +351,7 @@ class NcclCommunicator final : public Communicator {
       CHECK_NCCL(ncclBroadcast(tensor.data_ptr(), tensor.data_ptr(), tensor.numel(), nccl_type(tensor),
                                options.root, comm_, stream_));
     });
-    count(Collective::Broadcast, payload(tensor));
-    return work;
+    return counted(Collective::Broadcast, payload(tensor), std::move(work));
   }
 
   WorkPtr all_gather(const at::Tensor& input, at::Tensor& output) override {
@@ -355,8 +362,7 @@ class NcclCommunicator final : public Communicator {
       CHECK_NCCL(ncclAllGather(input.data_ptr(), output.data_ptr(), input.numel(), nccl_type(input),
                                comm_, stream_));
     });
-    count(Collective::AllGather, payload(input));
-    return work;
+    return counted(Collective::AllGather, payload(input), std::move(work));
   }
 
   // NCCL has no all-gather-v: one broadcast per rank, fused into one launch by a group.
@@ -377,8 +383,7 @@ class NcclCommunicator final : public Communicator {
       }
       CHECK_NCCL(ncclGroupEnd());
     });
-    count(Collective::AllGatherV, payload(input));
-    return work;
+    return counted(Collective::AllGatherV, payload(input), std::move(work));
   }
 
   WorkPtr reduce_scatter(const at::Tensor& input, at::Tensor& output,
@@ -390,8 +395,7 @@ class NcclCommunicator final : public Communicator {
       CHECK_NCCL(ncclReduceScatter(input.data_ptr(), output.data_ptr(), output.numel(), nccl_type(input),
                                    nccl_op(options.op), comm_, stream_));
     });
-    count(Collective::ReduceScatter, payload(input));
-    return work;
+    return counted(Collective::ReduceScatter, payload(input), std::move(work));
   }
 
   // NCCL has no barrier: an all-reduce of one integer stands in for it.
@@ -399,8 +403,7 @@ class NcclCommunicator final : public Communicator {
     auto work = launch("barrier (ncclAllReduce)", {}, [&] {
       CHECK_NCCL(ncclAllReduce(barrier_buffer_, barrier_buffer_, 1, ncclInt32, ncclSum, comm_, stream_));
     });
-    count(Collective::Barrier, 0);
-    return work;
+    return counted(Collective::Barrier, 0, std::move(work));
   }
 
  private:

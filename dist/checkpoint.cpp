@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -123,36 +125,40 @@ c10::ScalarType dtype_from_name(const std::string& name, const std::string& wher
 
 // IEEE half as an HDF5 float type (HDF5 1.10 has none predefined); h5py maps it to numpy float16.
 hid_t make_half_type() {
-  hid_t t = H5Tcopy(H5T_IEEE_F32LE);
-  H5Tset_fields(t, 15, 10, 5, 0, 10);
-  H5Tset_size(t, 2);
-  H5Tset_ebias(t, 15);
+  hid_t t = check(H5Tcopy(H5T_IEEE_F32LE), "float16 type");
+  // Fields before size: H5Tset_size refuses a size smaller than the fields still set.
+  if (H5Tset_fields(t, 15, 10, 5, 0, 10) < 0 || H5Tset_size(t, 2) < 0 || H5Tset_ebias(t, 15) < 0) {
+    H5Tclose(t);
+    check(-1, "float16 type");
+  }
   return t;
 }
+
+Id copy_type(hid_t predefined) { return Id(check(H5Tcopy(predefined), "HDF5 type"), H5Tclose); }
 
 // The HDF5 type of a dtype, in the file and in memory (little-endian x86/ARM: the same here).
 // bfloat16 is stored as uint16 (attribute dtype = "bfloat16"): no HDF5 reader knows bf16.
 Id h5_type(c10::ScalarType t) {
   switch (t) {
-    case at::kFloat: return Id(H5Tcopy(H5T_IEEE_F32LE), H5Tclose);
-    case at::kDouble: return Id(H5Tcopy(H5T_IEEE_F64LE), H5Tclose);
+    case at::kFloat: return copy_type(H5T_IEEE_F32LE);
+    case at::kDouble: return copy_type(H5T_IEEE_F64LE);
     case at::kHalf: return Id(make_half_type(), H5Tclose);
-    case at::kBFloat16: return Id(H5Tcopy(H5T_STD_U16LE), H5Tclose);
-    case at::kLong: return Id(H5Tcopy(H5T_STD_I64LE), H5Tclose);
-    case at::kInt: return Id(H5Tcopy(H5T_STD_I32LE), H5Tclose);
-    case at::kShort: return Id(H5Tcopy(H5T_STD_I16LE), H5Tclose);
-    case at::kChar: return Id(H5Tcopy(H5T_STD_I8LE), H5Tclose);
+    case at::kBFloat16: return copy_type(H5T_STD_U16LE);
+    case at::kLong: return copy_type(H5T_STD_I64LE);
+    case at::kInt: return copy_type(H5T_STD_I32LE);
+    case at::kShort: return copy_type(H5T_STD_I16LE);
+    case at::kChar: return copy_type(H5T_STD_I8LE);
     case at::kByte:
-    case at::kBool: return Id(H5Tcopy(H5T_STD_U8LE), H5Tclose);
+    case at::kBool: return copy_type(H5T_STD_U8LE);
     default: DT_FAIL(std::string("checkpoint: unsupported tensor dtype ") + c10::toString(t));
   }
 }
 
 Id string_type(size_t size) {
-  Id t(H5Tcopy(H5T_C_S1), H5Tclose);
-  H5Tset_size(t, std::max<size_t>(size, 1));
-  H5Tset_strpad(t, H5T_STR_NULLPAD);
-  H5Tset_cset(t, H5T_CSET_UTF8);
+  Id t = copy_type(H5T_C_S1);
+  check(H5Tset_size(t, std::max<size_t>(size, 1)), "string type");
+  check(H5Tset_strpad(t, H5T_STR_NULLPAD), "string type");
+  check(H5Tset_cset(t, H5T_CSET_UTF8), "string type");
   return t;
 }
 
@@ -201,10 +207,12 @@ Id create_dataset(hid_t group, const std::string& name, hid_t type, const std::v
            H5Sclose);
   hsize_t numel = 1;
   for (auto d : dims) numel *= d;
-  Id dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  Id dcpl(check(H5Pcreate(H5P_DATASET_CREATE), "dataset properties " + name), H5Pclose);
   if (numel > 0) {
     // fletcher32 last: it checksums the stored (compressed) bytes and is checked first on read.
-    const auto chunk = chunk_dims(dims, H5Tget_size(type));
+    const size_t element_size = H5Tget_size(type);
+    if (element_size == 0) check(-1, "element size of " + name);
+    const auto chunk = chunk_dims(dims, element_size);
     check(H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data()), "chunking " + name);
     check(H5Pset_shuffle(dcpl), "shuffle " + name);
     check(H5Pset_deflate(dcpl, kDeflateLevel), "deflate " + name);
@@ -250,19 +258,21 @@ void write_text(hid_t group, const std::string& name, const std::string& text, c
 }
 
 Id create_group(hid_t parent, const char* name, const std::string& what) {
-  Id gcpl(H5Pcreate(H5P_GROUP_CREATE), H5Pclose);
+  Id gcpl(check(H5Pcreate(H5P_GROUP_CREATE), std::string("group properties ") + name), H5Pclose);
   // Creation order is kept so tensors come back in the order they were saved.
-  H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED);
+  check(H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED),
+        std::string("creation order of group ") + name);
   Id g(check(H5Gcreate2(parent, name, H5P_DEFAULT, gcpl, H5P_DEFAULT), std::string("group ") + name), H5Gclose);
   write_string_attr(g, "what", what);
   return g;
 }
 
 Id file_access() {
-  Id fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-  // The 1.10 format: checksummed superblock, object headers and chunk indices.
-  H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST);
-  H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+  Id fapl(check(H5Pcreate(H5P_FILE_ACCESS), "file access properties"), H5Pclose);
+  // The 1.10 format: checksummed superblock, object headers and chunk indices. Checked: without it the
+  // file would silently be written in the old, unchecksummed format.
+  check(H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_LATEST), "requesting the HDF5 1.10 file format");
+  check(H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG), "file close degree");
   return fapl;
 }
 
@@ -372,7 +382,7 @@ std::vector<hsize_t> dataset_dims(hid_t dset) {
   const int rank = H5Sget_simple_extent_ndims(space);
   if (rank < 0) throw Hdf5Failure("bad dataspace");
   std::vector<hsize_t> dims(rank);
-  H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  if (H5Sget_simple_extent_dims(space, dims.data(), nullptr) < 0) throw Hdf5Failure("bad dataspace");
   return dims;
 }
 
@@ -382,22 +392,36 @@ std::vector<int64_t> parse_shape(const std::string& text, const std::string& whe
   std::stringstream in(text.substr(1, text.size() - 2));
   std::string item;
   while (std::getline(in, item, ',')) {
+    int64_t size = -1;
     try {
-      shape.push_back(std::stoll(item));
+      size = std::stoll(item);
     } catch (const std::exception&) {
-      throw Hdf5Failure(where + ": bad shape attribute '" + text + "'");
     }
+    if (size < 0) throw Hdf5Failure(where + ": bad shape attribute '" + text + "'");
+    shape.push_back(size);
   }
   return shape;
+}
+
+// The element count of untrusted sizes (attributes, dataspaces), refusing what overflows int64.
+template <typename Size>
+int64_t element_count(const std::vector<Size>& sizes, const std::string& where) {
+  int64_t n = 1;
+  for (Size s : sizes) {
+    if (static_cast<uint64_t>(s) > static_cast<uint64_t>(INT64_MAX) ||
+        __builtin_mul_overflow(n, static_cast<int64_t>(s), &n)) {
+      throw Hdf5Failure(where + ": a size does not fit in 64 bits");
+    }
+  }
+  return n;
 }
 
 at::Tensor read_tensor(hid_t group, const std::string& name, const std::string& where) {
   Id dset(check(H5Dopen2(group, name.c_str(), H5P_DEFAULT), "dataset " + where), H5Dclose);
   const c10::ScalarType dtype = dtype_from_name(read_string_attr(dset, "dtype"), where);
   const std::vector<int64_t> shape = parse_shape(read_string_attr(dset, "shape"), where);
-  int64_t numel = 1, stored = 1;
-  for (auto s : shape) numel *= s;
-  for (auto d : dataset_dims(dset)) stored *= static_cast<int64_t>(d);
+  const int64_t numel = element_count(shape, where + " (shape attribute)");
+  const int64_t stored = element_count(dataset_dims(dset), where);
   Id type = h5_type(dtype);
   Id ftype(check(H5Dget_type(dset), "type of " + where), H5Tclose);
   if (stored != std::max<int64_t>(numel, shape.empty() ? 1 : 0) || H5Tget_size(ftype) != H5Tget_size(type)) {
@@ -409,8 +433,7 @@ at::Tensor read_tensor(hid_t group, const std::string& name, const std::string& 
 }
 
 std::vector<uint8_t> read_bytes(hid_t dset, const std::string& where) {
-  int64_t n = 1;
-  for (auto d : dataset_dims(dset)) n *= static_cast<int64_t>(d);
+  const int64_t n = element_count(dataset_dims(dset), where);
   std::vector<uint8_t> bytes(n);
   if (n > 0) read_dataset(dset, H5T_NATIVE_UINT8, bytes.data(), where);
   return bytes;
@@ -493,7 +516,13 @@ int64_t step_of_file(const std::string& name) {
   static const std::regex pattern(R"(ckpt-(\d+)\.h5)");
   std::smatch m;
   if (!std::regex_match(name, m, pattern)) return -1;
-  return std::stoll(m[1].str());
+  // A step too large for int64 is not a name we write (a stray or hand-made file): not a checkpoint, so
+  // --resume auto goes on to the valid ones instead of failing on it.
+  int64_t step = 0;
+  const std::string digits = m[1].str();
+  const auto [end, err] = std::from_chars(digits.data(), digits.data() + digits.size(), step);
+  if (err != std::errc() || end != digits.data() + digits.size()) return -1;
+  return step;
 }
 
 }  // namespace
@@ -747,8 +776,9 @@ std::vector<std::string> config_differences(const std::string& saved_ini, const 
     return kv;
   };
   auto ignored = [](const std::string& key) {
+    // train.steps: resuming with a larger step count is how a run is extended (as HF Trainer's max_steps).
     return key == "out" || key == "resume" || key == "metrics" || key == "threads" || key == "log-all-ranks" ||
-           key.rfind("ckpt.", 0) == 0;
+           key == "train.steps" || key.rfind("ckpt.", 0) == 0;
   };
   const auto a = parse(saved_ini), b = parse(current_ini);
   std::vector<std::string> diffs;

@@ -8,6 +8,7 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include <chrono>
+#include <mutex>
 
 #include "util/error.h"
 #include "util/log.h"
@@ -39,14 +40,16 @@ namespace {
 class ThenWork : public comm::Work {
  public:
   ThenWork(comm::WorkPtr inner, std::function<void()> then)
-      : inner_(std::move(inner)), then_(std::move(then)) {}
+      : inner_(std::move(inner)), then_(std::move(then)) {
+    set_accounting(inner_->payload_bytes(), inner_->collectives());
+  }
   bool is_completed() override { return inner_->is_completed(); }
   bool wait(std::chrono::milliseconds timeout) override {
     if (!inner_->wait(timeout)) return false;
-    if (!done_) {
-      done_ = true;
-      then_();
-    }
+    // Two threads may wait on one Work: call_once runs the continuation exactly once, and a second
+    // waiter returns only after it has finished (its result is what the waiter came for). If it
+    // throws, the next wait() tries again.
+    std::call_once(then_once_, then_);
     return true;
   }
   std::exception_ptr exception() const override { return inner_->exception(); }
@@ -54,7 +57,7 @@ class ThenWork : public comm::Work {
  private:
   comm::WorkPtr inner_;
   std::function<void()> then_;
-  bool done_ = false;
+  std::once_flag then_once_;
 };
 
 }  // namespace
@@ -290,7 +293,6 @@ void GradSync::launch_ready_in_order() {
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].ready) {
     Bucket& b = buckets_[next_launch_++];
     launch(b);
-    b.launched_in_backward = in_backward;
     if (in_backward) ++step_stats_.launched_in_backward;
   }
 }
@@ -304,13 +306,12 @@ void GradSync::progress() {
 
 void GradSync::launch(Bucket& b) {
   if (options_.check_finite) check_bucket_finite(b);
-  const comm::CollectiveCounters before = comm_.total_counters();
   b.work = hook_(comm_, b);
-  const comm::CollectiveCounters after = comm_.total_counters();
   DT_CHECK(b.work != nullptr, fmt::format("the comm hook returned no Work for bucket {}", b.index));
-  step_stats_.bytes += after.bytes - before.bytes;
-  step_stats_.collectives += after.calls - before.calls;
-  b.launched = true;
+  // From the Work itself, not from the communicator's counters: another thread (a second GradSync,
+  // an evaluation all-reduce) may issue collectives on the same communicator meanwhile.
+  step_stats_.bytes += b.work->payload_bytes();
+  step_stats_.collectives += b.work->collectives();
 }
 
 void GradSync::check_bucket_finite(const Bucket& b) {
@@ -370,8 +371,6 @@ void GradSync::reset_step() {
   for (Bucket& b : buckets_) {
     b.pending = b.params.size();
     b.ready = false;
-    b.launched = false;
-    b.launched_in_backward = false;
     b.work.reset();
   }
   std::fill(param_ready_.begin(), param_ready_.end(), 0);

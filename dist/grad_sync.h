@@ -22,7 +22,10 @@
 //   - check_finite: each bucket is checked just before launch; a bad rank does NOT throw at once
 //     (its peers would hang in their collectives): finish() all-gathers (first bad parameter, count)
 //     and every rank throws the same error, naming the rank(s) and the parameter.
-// Parameters must be contiguous float32 on one device. Hooks run on the thread that calls backward().
+// Parameters must be contiguous float32 on one device. The gradient hooks run on the thread autograd runs
+// the parameters' device on: the caller of backward() for CPU tensors, the engine's worker thread for
+// CUDA tensors (one backward at a time, so GradSync itself is never entered concurrently); the MPI
+// backend funnels its calls through one thread where MPI_THREAD_MULTIPLE is missing (comm/mpi.h).
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -64,8 +67,6 @@ struct Bucket {
   std::vector<at::Tensor> views;     // views[i] aliases buffer[offsets[i] : +numel], shaped as the param
   size_t pending = 0;                // parameters whose gradient is not final yet in this step
   bool ready = false;                // all gradients final (or forced by finish())
-  bool launched = false;
-  bool launched_in_backward = false;
   comm::WorkPtr work;
 };
 

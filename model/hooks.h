@@ -3,7 +3,7 @@
 // Design note (He et al., "Towards a Unified View of Parameter-Efficient Transfer Learning"): a PEFT
 // method is a function that modifies a hidden state at an insertion point. The backbone names every
 // such point (a "site") and consults a HookSet there; the backbone never learns which method is
-// attached. Three kinds of modification cover the literature:
+// attached. Four kinds of modification cover the literature:
 //   * output hooks   h' = f(h, x): at a site, the site's output h (and its input x) becomes h'.
 //                    Sequential adapters use h, parallel adapters and LoRA use x, (IA)^3 rescales h,
 //                    BitFit adds a bias. Several hooks at one site run in registration order.

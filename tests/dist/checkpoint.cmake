@@ -2,6 +2,9 @@
 # disk via RLIMIT_FSIZE), validation, bitwise resume; the collective side on 2 and 4 ranks; the
 # T5-3B FISH 0.5% size check; the cluster/ scripts parse (bash -n).
 dt_add_test(NAME test_checkpoint SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_checkpoint.cpp LIBS dt_dist NP 1)
+# HDF5 directly, to forge attributes a corrupted or hostile file could hold.
+target_include_directories(test_checkpoint PRIVATE ${HDF5_INCLUDE_DIRS})
+target_link_libraries(test_checkpoint PRIVATE ${HDF5_C_LIBRARIES})
 dt_add_test(NAME test_checkpoint_dist SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_checkpoint_dist.cpp LIBS dt_dist NP 2 4)
 dt_add_test(NAME test_checkpoint_scale SOURCES ${CMAKE_CURRENT_LIST_DIR}/test_checkpoint_scale.cpp
             LIBS dt_dist dt_sparse NP 1)

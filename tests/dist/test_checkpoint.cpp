@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
+#include <hdf5.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -299,8 +300,55 @@ TEST(Checkpoint, FindResumeFallsBackPastCorruptedCheckpoints) {
   write_checkpoint(dir2, fake_state(5), 0);
   std::ofstream(dir2 + "/latest") << "ckpt-00000004.h5\n";
   EXPECT_EQ(find_resume(dir2)->state.step, 5);
+  // A stray file whose step overflows int64 is not a checkpoint: before, --resume auto died on it with
+  // the one word "stoll" (std::out_of_range).
+  std::ofstream(dir2 + "/ckpt-99999999999999999999999.h5") << "not a checkpoint";
+  EXPECT_EQ(list_checkpoints(dir2).size(), 2u);
+  EXPECT_EQ(find_resume(dir2)->state.step, 5);
   fs::remove_all(dir);
   fs::remove_all(dir2);
+}
+
+// Rewrites one string attribute of a dataset in place (as a corrupted or hand-made file could hold it).
+void forge_string_attr(const std::string& path, const std::string& dataset, const char* attr, const std::string& value) {
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  const hid_t dset = H5Dopen2(file, dataset.c_str(), H5P_DEFAULT);
+  ASSERT_GE(dset, 0);
+  ASSERT_GE(H5Adelete(dset, attr), 0);
+  const hid_t type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, value.size());
+  H5Tset_strpad(type, H5T_STR_NULLPAD);  // as the writer stores strings
+  H5Tset_cset(type, H5T_CSET_UTF8);
+  const hid_t space = H5Screate(H5S_SCALAR);
+  const hid_t a = H5Acreate2(dset, attr, type, space, H5P_DEFAULT, H5P_DEFAULT);
+  ASSERT_GE(a, 0);
+  ASSERT_GE(H5Awrite(a, type, value.data()), 0);
+  H5Aclose(a), H5Sclose(space), H5Tclose(type), H5Dclose(dset), H5Fclose(file);
+}
+
+// Shape attributes are untrusted: a product past int64 or a negative size is refused by name, never
+// multiplied into a wrong (wrapped) element count.
+TEST(Checkpoint, ForgedShapeAttributesAreRefused) {
+  const std::string dir = temp_dir("shape");
+  const std::string path = write_checkpoint(dir, fake_state(3), 0);
+  const std::string forged = dir + "/forged.h5";
+  const std::string tensor = "/trainable/model.layers.0.self_attn.q_proj.lora_A.weight";
+  for (const auto& [shape, words] : std::vector<std::pair<std::string, std::string>>{
+           {"[4294967296, 4294967296, 8]", "does not fit in 64 bits"},
+           {"[9223372036854775807, 2]", "does not fit in 64 bits"},
+           {"[-8, -64]", "bad shape attribute"},
+           {"[8, 63]", "does not match its shape/dtype attributes"}}) {
+    fs::copy_file(path, forged, fs::copy_options::overwrite_existing);
+    forge_string_attr(forged, tensor, "shape", shape);
+    try {
+      read_checkpoint(forged);
+      ADD_FAILURE() << "shape " << shape << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << shape << ": " << e.what();
+    }
+  }
+  fs::remove_all(dir);
 }
 
 void expect_refused(const CheckpointState& saved, const CheckpointState& expected, const std::string& words) {
@@ -343,8 +391,10 @@ TEST(Checkpoint, MismatchesAreRefusedNamingTheDifference) {
 }
 
 TEST(Checkpoint, ConfigDifferencesIgnoreWhatMayChangeOnResume) {
-  const std::string a = "method = lora\nout = /a\nthreads = 2\n\n[ckpt]\nevery = 10\n\n[train]\nlr = 0.001\n";
-  const std::string b = "method = lora\nout = /b\nthreads = 4\n\n[ckpt]\nevery = 20\n\n[train]\nlr = 0.002\nseed = 1\n";
+  const std::string a =
+      "method = lora\nout = /a\nthreads = 2\n\n[ckpt]\nevery = 10\n\n[train]\nlr = 0.001\nsteps = 100\n";
+  const std::string b =
+      "method = lora\nout = /b\nthreads = 4\n\n[ckpt]\nevery = 20\n\n[train]\nlr = 0.002\nseed = 1\nsteps = 200\n";
   const auto d = config_differences(a, b);
   ASSERT_EQ(d.size(), 2u);
   EXPECT_EQ(d[0], "train.lr: 0.001 -> 0.002");

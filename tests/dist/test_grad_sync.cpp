@@ -4,9 +4,14 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <limits>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "dist/grad_sync.h"
@@ -398,6 +403,68 @@ TEST(GradSync, RefusesNonFloatOrNonContiguousParameters) {
   EXPECT_THROW(GradSync(C(), {{"h", half}}), dt::Error);
   auto t = torch::zeros({4, 3}).t().requires_grad_(true);
   EXPECT_THROW(GradSync(C(), {{"t", t}}), dt::Error);
+}
+
+// ---------------------------------------------------------------------------- then_work
+
+// A Work whose wait() returns only once `waiters` threads are inside it, so they leave together.
+class GateWork : public comm::Work {
+ public:
+  explicit GateWork(int waiters) : waiters_(waiters) {}
+  bool is_completed() override { return true; }
+  bool wait(std::chrono::milliseconds) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (++arrived_ == waiters_) cv_.notify_all();
+    cv_.wait(lock, [&] { return arrived_ >= waiters_; });
+    return true;
+  }
+  std::exception_ptr exception() const override { return nullptr; }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int waiters_, arrived_ = 0;
+};
+
+// Two threads waiting on one Work (which comm/communicator.h allows): the continuation runs exactly
+// once, and neither waiter returns before it has finished (its result is what both came for).
+TEST(ThenWork, TwoWaitersRunTheContinuationOnceAndBothSeeItsResult) {
+  for (int round = 0; round < 50; ++round) {
+    std::atomic<int> runs{0};
+    std::atomic<bool> result_ready{false};
+    comm::WorkPtr work = then_work(std::make_shared<GateWork>(2), [&] {
+      ++runs;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // a slow decompression
+      result_ready = true;
+    });
+    std::atomic<int> saw_result{0};
+    auto waiter = [&] {
+      work->wait();
+      if (result_ready) ++saw_result;
+    };
+    std::thread a(waiter), b(waiter);
+    a.join(), b.join();
+    ASSERT_EQ(runs.load(), 1) << "round " << round;
+    ASSERT_EQ(saw_result.load(), 2) << "round " << round;
+  }
+}
+
+// Bytes are counted per Work: a wrapped Work reports its inner collective's payload, so GradSync's
+// per-step bytes need no before/after difference of counters that other threads also move.
+TEST(ThenWork, CarriesTheInnerCollectivesAccounting) {
+  at::Tensor t = torch::ones({10});
+  comm::WorkPtr inner = C().all_reduce(t);
+  EXPECT_EQ(inner->payload_bytes(), 40u);
+  EXPECT_EQ(inner->collectives(), 1u);
+  comm::WorkPtr outer = then_work(inner, [] {});
+  EXPECT_EQ(outer->payload_bytes(), 40u);
+  EXPECT_EQ(outer->collectives(), 1u);
+  outer->wait();
+  EXPECT_FLOAT_EQ(t[0].item<float>(), static_cast<float>(C().size()));
+  at::Tensor half = torch::ones({6}, torch::kHalf);
+  comm::WorkPtr h = C().broadcast(half);
+  EXPECT_EQ(h->payload_bytes(), 12u);
+  h->wait();
 }
 
 TEST(GradSync, ParseCompression) {
