@@ -171,8 +171,10 @@ std::string save_checkpoint(comm::Communicator& comm, const std::string& dir, Ch
 // against `expected` (validate_against) and logs config differences; the chosen path is broadcast
 // and every other rank reads and verifies it too (the directory must be visible to every rank). Any
 // failure on any rank throws the same error on every rank.
+// `expected` null: no validation (train's --fish.refresh-every reads the checkpoint's mask before the
+// method exists; the full resume later validates the same file).
 std::optional<ResumePoint> resume_checkpoint(comm::Communicator& comm, const std::string& resume,
-                                             const std::string& out_dir, const CheckpointState& expected);
+                                             const std::string& out_dir, const CheckpointState* expected);
 
 // ---- preemption --------------------------------------------------------------------------------
 

@@ -183,7 +183,7 @@ std::string save_checkpoint(comm::Communicator& comm, const std::string& dir, Ch
 }
 
 std::optional<ResumePoint> resume_checkpoint(comm::Communicator& comm, const std::string& resume,
-                                             const std::string& out_dir, const CheckpointState& expected) {
+                                             const std::string& out_dir, const CheckpointState* expected) {
   std::optional<ResumePoint> point;
   int64_t kind = 0;
   std::string text;
@@ -200,11 +200,13 @@ std::optional<ResumePoint> resume_checkpoint(comm::Communicator& comm, const std
         if (!fs::exists(resume)) throw_usage_error("--resume " + resume + ": no such file");
         point = ResumePoint{resume, read_checkpoint(resume)};
       }
-      if (point) {
-        validate_against(point->state, expected, point->path);
-        for (const auto& d : config_differences(point->state.config_ini, expected.config_ini)) {
+      if (point && expected) {
+        validate_against(point->state, *expected, point->path);
+        for (const auto& d : config_differences(point->state.config_ini, expected->config_ini)) {
           log::info("resume: config differs from the checkpoint's: {}", d);
         }
+      }
+      if (point) {
         if (point->state.world_size != comm.size()) {
           log::info("resume: checkpoint written by {} ranks, resuming on {}: values and optimizer state are "
                     "identical, the sampler re-shards, so batches and dropout differ from an uninterrupted run",

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <iostream>
 #include <map>
+#include <set>
 
 #include "launch/cli.h"
 #include "model/config.h"
@@ -108,6 +109,13 @@ int run_plan(const po::variables_map& vm) {
 
   const int64_t total = model::total_params(metas);
   const int64_t trainable_params = model::total_params(trainable);
+  // Tensors a method adds (adapters, a classification head the backbone lacks) count in "all params", as
+  // train's line and PEFT's print_trainable_parameters() count them: `full` is then 100%, never more.
+  std::set<std::string> backbone_names;
+  for (const auto& m : metas) backbone_names.insert(m.name);
+  int64_t added_params = 0;
+  for (const auto& t : trainable)
+    if (!backbone_names.count(t.name)) added_params += t.numel();
   const int64_t trainable_bytes = bytes_of(trainable);
   const int64_t per_step = world > 1 ? 2 * (world - 1) * trainable_bytes / world : 0;
   const int64_t eligible = sparse_acc.sparse ? sparse_acc.eligible_params : total;
@@ -155,7 +163,7 @@ int run_plan(const po::variables_map& vm) {
   std::cout << fmt::format("total params: {}", with_commas(total));
   for (const auto& [dtype, bytes] : dtype_bytes) std::cout << fmt::format(" ({}: {})", dtype, human_bytes(bytes));
   std::cout << "\n"
-            << peft::accounting_line(trainable_params, total) << "  [--method " << methods.describe() << "]\n"
+            << peft::accounting_line(trainable_params, total + added_params) << "  [--method " << methods.describe() << "]\n"
             << fmt::format("trainable bytes: {} | checkpoint: {} | all-reduce per step per rank (n={}): {}\n",
                            human_bytes(trainable_bytes), human_bytes(checkpoint_bytes), world, human_bytes(per_step));
   if (sparse_acc.sparse) {

@@ -141,16 +141,12 @@ int run_train(const po::variables_map& vm) {
     if (fish && fish->options().refresh_every > 0) refreshed_fish.push_back(fish);
   }
   if (!refreshed_fish.empty() && vm.count("resume")) {
-    // The mask moved during the run being resumed: continue with the checkpoint's mask.
-    const std::string arg = vm["resume"].as<std::string>();
-    const std::string dir = arg == "auto" ? out_dir : arg;
-    std::optional<dist::ResumePoint> point;
-    if (!dir.empty() && std::filesystem::is_directory(dir)) {
-      point = dist::find_resume(dir);
-    } else if (arg != "auto") {
-      point = dist::ResumePoint{arg, dist::read_checkpoint(arg)};
+    // The mask moved during the run being resumed: continue with the checkpoint's mask. Rank 0 chooses
+    // the checkpoint and every rank reads that one file, so all ranks restore the same mask (the
+    // start-up agreement then compares its hash, and the resume below validates the file).
+    if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), out_dir, nullptr)) {
+      sparse::restore_indices(methods, stored_indices(point->state.indices), config);
     }
-    if (point) sparse::restore_indices(methods, stored_indices(point->state.indices), config);
   }
   if (sparse::needs_data(methods)) {
     // FISH without --fish.mask: the Fisher mask is computed now, over training samples sharded
@@ -261,7 +257,7 @@ int run_train(const po::variables_map& vm) {
   identity.indices = checkpoint_indices(methods);
   int64_t first_step = 1;
   if (vm.count("resume")) {
-    if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), out_dir, identity)) {
+    if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), out_dir, &identity)) {
       dist::apply_training_state(point->state, named_trainables, *optimizer, sampler, rank);
       first_step = point->state.step + 1;
       log::info("resumed from {} (step {})", point->path, point->state.step);
@@ -329,6 +325,7 @@ int run_train(const po::variables_map& vm) {
                                        train_data.size(), comm);
       optimizer->permute_state("fish.values", carry);
       identity.indices = checkpoint_indices(methods);
+      identity.method = methods.describe();  // its mask hash: a resume compares it
     }
 
     // log: the loss averaged over ranks (one float; not counted in bytes_allreduced).

@@ -366,10 +366,10 @@ void FishMethod::unmerge(model::Backbone& backbone) {
 }
 
 std::string FishMethod::describe() const {
-  // A refreshed mask changes during training: its indices are compared through the checkpoint's
-  // stored indices instead of this text (which a resume compares).
-  const bool fixed_mask = mask_ && options_.refresh_every == 0;
-  return "fish(" + describe_fish_options(options_) + (fixed_mask ? ",mask_hash=" + mask_->hash_hex() : "") + ")";
+  // The mask hash is always part of it, so the start-up agreement refuses ranks holding different masks.
+  // With --fish.refresh-every the mask moves: train re-describes after each refresh, so a checkpoint
+  // carries the hash of the mask it stores.
+  return "fish(" + describe_fish_options(options_) + (mask_ ? ",mask_hash=" + mask_->hash_hex() : "") + ")";
 }
 
 // ---- accounting -------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ TEST(CheckpointDist, EveryRanksRngStateRoundTrips) {
   const std::string path = save_checkpoint(comm, dir, run_state(4), 2);
   EXPECT_EQ(path, dir + "/ckpt-00000004.h5");
   at::randn({100});  // move the generator on
-  const auto point = resume_checkpoint(comm, "auto", dir, run_state(4));
+  const CheckpointState expected = run_state(4);
+  const auto point = resume_checkpoint(comm, "auto", dir, &expected);
   ASSERT_TRUE(point.has_value());
   EXPECT_EQ(point->state.step, 4);
   ASSERT_EQ(point->state.rng_states.size(), static_cast<size_t>(comm.size()));
@@ -66,9 +67,10 @@ TEST(CheckpointDist, EveryRanksRngStateRoundTrips) {
 TEST(CheckpointDist, AutoWithNoCheckpointStartsFreshOnEveryRank) {
   auto& comm = testing::test_comm();
   const std::string dir = shared_dir(comm, "empty");
-  EXPECT_FALSE(resume_checkpoint(comm, "auto", dir, run_state(1)).has_value());
-  EXPECT_THROW(resume_checkpoint(comm, "auto", "", run_state(1)), UsageError);
-  EXPECT_THROW(resume_checkpoint(comm, dir + "/nope.h5", dir, run_state(1)), UsageError);
+  const CheckpointState expected = run_state(1);
+  EXPECT_FALSE(resume_checkpoint(comm, "auto", dir, &expected).has_value());
+  EXPECT_THROW(resume_checkpoint(comm, "auto", "", &expected), UsageError);
+  EXPECT_THROW(resume_checkpoint(comm, dir + "/nope.h5", dir, &expected), UsageError);
   comm.barrier()->wait();
   if (comm.rank() == 0) fs::remove_all(dir);
 }
@@ -80,11 +82,18 @@ TEST(CheckpointDist, MismatchThrowsTheSameErrorOnEveryRank) {
   CheckpointState other = run_state(2);
   other.method = "ia3";
   try {
-    resume_checkpoint(comm, dir, "", other);  // a directory: searched like auto
+    resume_checkpoint(comm, dir, "", &other);  // a directory: searched like auto
     ADD_FAILURE() << "mismatch not refused";
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("method 'lora(r=4)' in the checkpoint, 'ia3' in this run"), std::string::npos);
   }
+  // Without `expected` (train's --fish.refresh-every reads the stored mask before the method exists):
+  // no validation, and every rank holds the file rank 0 chose.
+  save_checkpoint(comm, dir, run_state(3), 0);
+  const auto point = resume_checkpoint(comm, dir, "", nullptr);
+  ASSERT_TRUE(point.has_value());
+  EXPECT_EQ(point->path, dir + "/ckpt-00000003.h5");
+  EXPECT_EQ(point->state.step, 3);
   comm.barrier()->wait();
   if (comm.rank() == 0) fs::remove_all(dir);
 }

@@ -48,6 +48,9 @@ lr = fast"
 check 0 "plan reads the main job's config" -- bash -c "cd '$src' && '$bin' plan --config configs/main.ini --json"
 plan_json=$(cd "$src" && "$bin" plan --config configs/main.ini --json 2>/dev/null)
 echo "$plan_json" | grep -q '"trainable_params":1428' || { echo "FAIL: plan --config main.ini: $plan_json"; fail=1; }
+# Full fine-tuning trains everything, the classification head it adds included: exactly 100%, not 100.0492%.
+full_line=$(cd "$src" && "$bin" plan --model data/stories260K/stories260K.bin --method full 2>/dev/null | grep 'trainable%')
+echo "$full_line" | grep -q 'trainable%: 100.0000' || { echo "FAIL: plan --method full: $full_line"; fail=1; }
 check 2 "an unknown key in a config file" -- "$bin" plan --config /dev/stdin <<<"[train]
 no-such-key = 1"
 echo "$LAST_ERR" | grep -q "no-such-key" || { echo "FAIL: the unknown config key is not named: $LAST_ERR"; fail=1; }
