@@ -105,17 +105,21 @@ std::vector<int64_t> decode_indices(const uint8_t* data, size_t size, int64_t* n
   if (numel_out) *numel_out = static_cast<int64_t>(numel);
   const uint8_t* p = data + kIndexHeaderBytes;
   const size_t payload = size - kIndexHeaderBytes;
+  // The header is untrusted (a checkpoint's bytes): every size is checked against the payload before it
+  // sizes an allocation or a loop, and without multiplying (count * width wraps for count near 2^62).
   std::vector<int64_t> out;
-  out.reserve(count);
   if (encoding == static_cast<uint8_t>(IndexEncoding::Delta)) {
     DT_CHECK(width == 1 || width == 2 || width == 4 || width == 8, "index codec: bad width " + std::to_string(width));
-    DT_CHECK(payload == count * width, "index codec: delta payload of " + std::to_string(payload) +
-                                           " bytes, expected " + std::to_string(count * width));
+    DT_CHECK(payload % width == 0 && payload / width == count,
+             "index codec: delta payload of " + std::to_string(payload) + " bytes does not hold " +
+                 std::to_string(count) + " indices of " + std::to_string(width) + " bytes");
+    out.reserve(count);
     uint64_t at = 0;
     for (uint64_t i = 0; i < count; ++i) {
-      at += get_le(p + i * width, width);
-      DT_CHECK(at < numel && (i == 0 || get_le(p + i * width, width) > 0),
-               "index codec: decoded index out of range or repeated");
+      const uint64_t gap = get_le(p + i * width, width);
+      // at < numel < 2^62 before the step; a gap that would pass numel (or wrap) is refused before adding.
+      DT_CHECK((i == 0 || gap > 0) && gap < numel - at, "index codec: decoded index out of range or repeated");
+      at += gap;
       out.push_back(static_cast<int64_t>(at));
     }
   } else {
@@ -123,6 +127,7 @@ std::vector<int64_t> decode_indices(const uint8_t* data, size_t size, int64_t* n
                                                                           std::to_string(encoding));
     DT_CHECK(payload == (numel + 7) / 8, "index codec: bitmap payload of " + std::to_string(payload) +
                                              " bytes for " + std::to_string(numel) + " elements");
+    out.reserve(count);  // count <= numel <= 8 * payload: bounded by the bytes at hand
     for (uint64_t byte = 0; byte < payload; ++byte) {
       uint8_t bits = p[byte];
       while (bits) {

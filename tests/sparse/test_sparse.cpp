@@ -107,6 +107,36 @@ TEST(IndexCodec, RejectsBadInput) {
   EXPECT_THROW(sparse::decode_indices(bm.data(), bm.size()), Error);
 }
 
+// Found by fuzz/index_codec.cpp: headers that lie about sizes, as a forged checkpoint can.
+static std::vector<uint8_t> index_header(uint8_t encoding, uint8_t width, uint64_t count, uint64_t numel) {
+  std::vector<uint8_t> h = {encoding, width};
+  for (uint64_t v : {count, numel})
+    for (int b = 0; b < 8; ++b) h.push_back(static_cast<uint8_t>(v >> (8 * b)));
+  return h;
+}
+
+TEST(IndexCodec, RejectsHeadersThatLieAboutSizes) {
+  // count 2^61 of width 8: count * width wraps to 0 = the empty payload. Before the fix the check passed
+  // (or reserve(2^61) threw std::length_error, not a dt::Error) and the loop read past the buffer.
+  auto lie = index_header(0, 8, uint64_t{1} << 61, (uint64_t{1} << 62) - 1);
+  EXPECT_THROW(sparse::decode_indices(lie.data(), lie.size()), Error);
+  // A count the payload cannot hold never sizes an allocation: 2^40 indices claimed, 8 bytes given.
+  lie = index_header(0, 1, uint64_t{1} << 40, uint64_t{1} << 41);
+  lie.resize(lie.size() + 8, 1);
+  EXPECT_THROW(sparse::decode_indices(lie.data(), lie.size()), Error);
+  // Gaps 5 then 2^64 - 3 into 100 elements: the running index wraps to 2, below the first one. Before the
+  // fix it passed "index < numel and gap > 0" and decoded {5, 2}, not a sorted mask.
+  auto wrap = index_header(0, 8, 2, 100);
+  for (uint64_t gap : {uint64_t{5}, ~uint64_t{0} - 2})
+    for (int b = 0; b < 8; ++b) wrap.push_back(static_cast<uint8_t>(gap >> (8 * b)));
+  EXPECT_THROW(sparse::decode_indices(wrap.data(), wrap.size()), Error);
+  // The same layout with an honest second gap decodes.
+  auto honest = index_header(0, 8, 2, 100);
+  for (uint64_t gap : {uint64_t{5}, uint64_t{90}})
+    for (int b = 0; b < 8; ++b) honest.push_back(static_cast<uint8_t>(gap >> (8 * b)));
+  EXPECT_EQ(sparse::decode_indices(honest.data(), honest.size()), (std::vector<int64_t>{5, 95}));
+}
+
 // ---- top-k ------------------------------------------------------------------------------------------
 
 TEST(TopK, PicksExactlyTheLargestWithTiesByPosition) {
