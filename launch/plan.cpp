@@ -34,11 +34,6 @@ namespace dt::launch {
 
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-
 // "encoder.block.3.layer.0.SelfAttention.q.weight" -> "encoder.block.*.layer.0.SelfAttention.q": one
 // row per kind of tensor, whatever the depth.
 std::string group_of(const std::string& name) {
