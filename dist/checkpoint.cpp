@@ -334,11 +334,24 @@ void write_file(const std::string& path, const CheckpointState& s) {
 
 // ---- reading -----------------------------------------------------------------------------------
 
+// H5Aread writes every element of the attribute's dataspace: an attribute that a damaged or hand-made file
+// stores as an array would overrun the single value read here (found by fuzz/checkpoint.cpp).
+void require_one_element(hid_t attr, const char* name) {
+  Id space(check(H5Aget_space(attr), std::string("attribute ") + name), H5Sclose);
+  const hssize_t points = H5Sget_simple_extent_npoints(space);
+  if (points != 1) {
+    throw Hdf5Failure(std::string("attribute ") + name + " holds " + std::to_string(points) +
+                      " values, expected one");
+  }
+}
+
 std::string read_string_attr(hid_t obj, const char* name) {
   Id attr(check(H5Aopen(obj, name, H5P_DEFAULT), std::string("attribute ") + name), H5Aclose);
+  require_one_element(attr, name);
   Id ftype(check(H5Aget_type(attr), std::string("attribute ") + name), H5Tclose);
   if (H5Tget_class(ftype) != H5T_STRING) throw Hdf5Failure(std::string("attribute ") + name + " is not a string");
   const size_t size = H5Tget_size(ftype);
+  if (size == 0) throw Hdf5Failure(std::string("attribute ") + name + " has no size");
   Id mtype = string_type(size);
   std::string value(size, '\0');
   check(H5Aread(attr, mtype, value.data()), std::string("attribute ") + name);
@@ -348,7 +361,9 @@ std::string read_string_attr(hid_t obj, const char* name) {
 
 template <typename T>
 T read_number_attr(hid_t obj, const char* name) {
+  static_assert(sizeof(T) == 8, "read as a 64-bit integer or double");
   Id attr(check(H5Aopen(obj, name, H5P_DEFAULT), std::string("attribute ") + name), H5Aclose);
+  require_one_element(attr, name);
   T value{};
   check(H5Aread(attr, std::is_floating_point<T>::value ? H5T_NATIVE_DOUBLE : H5T_NATIVE_INT64, &value),
         std::string("attribute ") + name);
@@ -443,7 +458,10 @@ std::string read_text(hid_t group, const char* name) {
   const std::string where = std::string("/meta/") + name;
   Id dset(check(H5Dopen2(group, name, H5P_DEFAULT), "dataset " + where), H5Dclose);
   Id ftype(check(H5Dget_type(dset), "type of " + where), H5Tclose);
+  // One string is read: a dataset holding several would overrun the buffer (as attributes would, above).
+  if (element_count(dataset_dims(dset), where) != 1) throw Hdf5Failure("dataset " + where + " is not one string");
   const size_t size = H5Tget_size(ftype);
+  if (size == 0) throw Hdf5Failure("dataset " + where + " has no size");
   Id mtype = string_type(size);
   std::string text(size, '\0');
   read_dataset(dset, mtype, text.data(), where);

@@ -351,6 +351,38 @@ TEST(Checkpoint, ForgedShapeAttributesAreRefused) {
   fs::remove_all(dir);
 }
 
+// Attributes the reader takes as one value, stored as arrays (a hand-made or damaged file): H5Aread would
+// write every element into the single value (a stack overrun the fuzzer found); each is refused by name.
+TEST(Checkpoint, ArrayValuedAttributesAreRefused) {
+  const std::string dir = temp_dir("array_attr");
+  const std::string path = write_checkpoint(dir, fake_state(3), 0);
+  const std::string forged = dir + "/forged.h5";
+  for (const char* attr : {"step", "lr", "format"}) {
+    fs::copy_file(path, forged, fs::copy_options::overwrite_existing);
+    const hid_t file = H5Fopen(forged.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    ASSERT_GE(file, 0);
+    ASSERT_GE(H5Adelete(file, attr), 0);
+    const hsize_t two = 2;
+    const hid_t space = H5Screate_simple(1, &two, nullptr);
+    const bool text = std::string(attr) == "format";
+    const hid_t type = text ? H5Tcopy(H5T_C_S1) : H5Tcopy(H5T_NATIVE_INT64);
+    if (text) H5Tset_size(type, 32);
+    const hid_t a = H5Acreate2(file, attr, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    ASSERT_GE(a, 0);
+    const char values[64] = "deltatune";
+    ASSERT_GE(H5Awrite(a, type, values), 0);
+    H5Aclose(a), H5Tclose(type), H5Sclose(space), H5Fclose(file);
+    try {
+      inspect_checkpoint(forged);
+      ADD_FAILURE() << "attribute " << attr << " with 2 values was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("attribute ") + attr + " holds 2 values"), std::string::npos)
+          << e.what();
+    }
+  }
+  fs::remove_all(dir);
+}
+
 void expect_refused(const CheckpointState& saved, const CheckpointState& expected, const std::string& words) {
   try {
     validate_against(saved, expected, "x.h5");
