@@ -90,6 +90,13 @@ unpack() {
     [ -f "$so" ] || continue  # ldconfig -p lists "<tab>NAME (libc6,x86-64) => PATH"
     ldconfig -p | awk -v n="$(basename "$so")" '$1 == n {found = 1} END {exit !found}' && rm -f "$so"
   done
+  # libssl-dev (SHA-256): its configuration headers sit in the multiarch folder, which the compiler searches
+  # only under /usr/include, and its libcrypto.so names libcrypto.so.3, which is the machine's own unless fallback/
+  # had to provide it.
+  cp -n $P/usr/include/x86_64-linux-gnu/openssl/*.h $P/usr/include/openssl/
+  local crypto
+  crypto=$(ldconfig -p | awk '$1 == "libcrypto.so.3" {print $NF; exit}')
+  ln -sf "${crypto:-$F/usr/lib/x86_64-linux-gnu/libcrypto.so.3}" $P/usr/lib/x86_64-linux-gnu/libcrypto.so
   # dpkg -x runs no maintainer scripts, so the alternatives' plain names are missing.
   ln -sf mpirun.openmpi $P/usr/bin/mpirun && ln -sf mpiexec.openmpi $P/usr/bin/mpiexec
   touch "$P/.unpacked-$stamp"

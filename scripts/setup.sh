@@ -6,6 +6,9 @@
 #   scripts/setup.sh build   install + build only
 #   scripts/setup.sh bench   install + build, then regenerate the benchmarks (bench/run-all; extra arguments,
 #                            e.g. --quick, are passed on)
+#   scripts/setup.sh fuzz    install (+ clang and its libFuzzer/sanitizer runtimes) + build, then bench/fuzz.py:
+#                            the fuzz targets, then ctest under ASan + UBSan (arguments passed on, e.g.
+#                            --seconds 60, --no-tests)
 #
 # Idempotent and non-interactive: packages already present are not reinstalled, the build is incremental
 # (ccache keeps a from-scratch rebuild fast). Needs root or sudo for apt-get.
@@ -24,7 +27,10 @@ packages=(
   libboost-program-options-dev
   libgtest-dev
   libsentencepiece-dev nlohmann-json3-dev
+  libssl-dev
 )
+# The fuzz mode compiles with clang (libFuzzer and the sanitizer runtimes come with libclang-rt-14-dev).
+[ "$what" = fuzz ] && packages+=(clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -92,7 +98,9 @@ case "$what" in
   bench)
     "$venv_python" -c 'import matplotlib' 2>/dev/null || "$venv_python" -m pip install -q matplotlib
     exec bench/run-all "$@" ;;
+  fuzz)
+    exec "$venv_python" bench/fuzz.py "$@" ;;
   *)
-    echo "usage: scripts/setup.sh [main|test|build|bench [--quick]]" >&2
+    echo "usage: scripts/setup.sh [main|test|build|bench [--quick]|fuzz [--seconds N] [--no-tests]]" >&2
     exit 2 ;;
 esac
