@@ -49,7 +49,11 @@ void set_generator_state(at::Generator gen, const uint8_t* bytes, size_t n) {
   std::lock_guard<std::mutex> lock(gen.mutex());
   at::Tensor state = at::empty({static_cast<int64_t>(n)}, at::kByte);
   std::memcpy(state.data_ptr<uint8_t>(), bytes, n);
-  gen.set_state(state);
+  try {
+    gen.set_state(state);
+  } catch (const c10::Error& e) {  // torch's own size/version checks, answered as ours (found by fuzz/checkpoint.cpp)
+    throw Error("checkpoint RNG state refused by torch: " + std::string(e.what_without_backtrace()));
+  }
 }
 
 constexpr char kCudaTag[4] = {'C', 'U', 'D', 'A'};
@@ -71,8 +75,10 @@ std::vector<uint8_t> capture_rng_state() {
 void restore_rng_state(const std::vector<uint8_t>& bytes) {
   at::Generator cpu = at::detail::getDefaultCPUGenerator();
   const size_t cpu_size = generator_state(cpu).size();
-  const size_t n = std::min(bytes.size(), cpu_size);
-  set_generator_state(cpu, bytes.data(), n);
+  DT_CHECK(bytes.size() >= cpu_size, "checkpoint RNG state of " + std::to_string(bytes.size()) +
+                                         " bytes, shorter than a CPU generator's " + std::to_string(cpu_size) +
+                                         " (a damaged or hand-made file)");
+  set_generator_state(cpu, bytes.data(), cpu_size);
   if (bytes.size() > cpu_size + 4 && std::memcmp(bytes.data() + cpu_size, kCudaTag, 4) == 0) {
     if (auto gen = cuda_generator()) set_generator_state(*gen, bytes.data() + cpu_size + 4, bytes.size() - cpu_size - 4);
   }

@@ -383,6 +383,24 @@ TEST(Checkpoint, ArrayValuedAttributesAreRefused) {
   fs::remove_all(dir);
 }
 
+// A short RNG state (a hand-made file) is our error, not torch's c10::Error (found by fuzz/checkpoint.cpp);
+// a whole one restores the generator exactly.
+TEST(Checkpoint, RngStateOfTheWrongSizeIsRefused) {
+  const std::vector<uint8_t> state = capture_rng_state();
+  const double before = at::rand({1}).item<double>();
+  for (size_t size : {size_t{0}, size_t{1}, state.size() - 1}) {
+    try {
+      restore_rng_state(std::vector<uint8_t>(state.begin(), state.begin() + size));
+      ADD_FAILURE() << "an RNG state of " << size << " bytes was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("RNG state of " + std::to_string(size) + " bytes"), std::string::npos)
+          << e.what();
+    }
+  }
+  restore_rng_state(state);
+  EXPECT_EQ(at::rand({1}).item<double>(), before);
+}
+
 void expect_refused(const CheckpointState& saved, const CheckpointState& expected, const std::string& words) {
   try {
     validate_against(saved, expected, "x.h5");
