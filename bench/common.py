@@ -173,11 +173,11 @@ def write_json(name, obj):
         f.write("\n")
 
 
-def machine_note():
+def machine_note(binary=None):
     load = os.getloadavg()
+    binary = binary or (rel(BIN) if BIN.startswith(ROOT) else BIN)
     return (f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPU cores shared with other "
-            f"jobs (load average at the end {load[0]:.1f}); binary {rel(BIN) if BIN.startswith(ROOT) else BIN}. "
-            + GPU_NOTE)
+            f"jobs (load average at the end {load[0]:.1f}); binary {binary}. " + GPU_NOTE)
 
 
 def fish_mask(log, samples, keep=0.005, model=STORIES, tokenizer=TOK, name="stories260K"):

@@ -26,9 +26,25 @@ namespace dt::model {
 
 namespace sentencepiece_abi {
 
+// AddressSanitizer refuses RTLD_DEEPBIND (its interceptors must stay first in every library's lookup), so
+// a sanitizer build (bench/fuzz.py's build-san/) loads the library without it: there libtorch is PyPI's,
+// which exports no protobuf, so the library's protobuf calls still reach its own copy.
+#if defined(__SANITIZE_ADDRESS__)
+#define DT_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DT_ASAN 1
+#endif
+#endif
+#ifdef DT_ASAN
+constexpr int kDeepBind = 0;
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+
 void* library() {
   static void* handle = [] {
-    void* h = dlopen("libsentencepiece.so.0", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    void* h = dlopen("libsentencepiece.so.0", RTLD_NOW | RTLD_LOCAL | kDeepBind);
     if (!h) {
       const char* why = dlerror();
       DT_FAIL(std::string("cannot load libsentencepiece.so.0: ") + (why ? why : "?"),
