@@ -6,13 +6,11 @@
 #include <cstring>
 
 #include "util/error.h"
+#include "util/hash.h"
 
 namespace dt::dist {
 
 namespace {
-
-constexpr uint64_t kFnvOffset = 14695981039346656037ULL;
-constexpr uint64_t kFnvPrime = 1099511628211ULL;
 
 uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 
@@ -72,14 +70,7 @@ std::vector<std::vector<int64_t>> gather(comm::Communicator& comm, const std::ve
 
 }  // namespace
 
-uint64_t hash_string(std::string_view text) {
-  uint64_t h = kFnvOffset;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= kFnvPrime;
-  }
-  return h;
-}
+uint64_t hash_string(std::string_view text) { return fnv1a(text); }
 
 uint64_t hash_tensors(const std::vector<at::Tensor>& tensors) {
   WordHasher hasher;

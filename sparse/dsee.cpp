@@ -11,6 +11,7 @@
 #include <set>
 
 #include "model/device.h"
+#include "model/parameter_map.h"
 #include "sparse/index_codec.h"
 #include "sparse/methods.h"
 #include "sparse/scatter.h"
@@ -125,8 +126,7 @@ std::vector<model::TensorMeta> DseeMethod::plan(const model::ModelConfig& config
 
 std::vector<peft::Trainable> DseeMethod::attach(model::Backbone& backbone) {
   const double scale = options_.alpha / static_cast<double>(options_.rank);
-  std::map<std::string, at::Tensor> by_name;
-  for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+  const std::map<std::string, at::Tensor> by_name = model::parameters_by_name(backbone);
   support_ = Mask{};
   attached_.clear();
   *merged_ = false;
@@ -170,8 +170,7 @@ std::vector<peft::Trainable> DseeMethod::attach(model::Backbone& backbone) {
 void DseeMethod::add_delta(model::Backbone& backbone, double sign) const {
   c10::NoGradGuard no_grad;
   const double scale = sign * options_.alpha / static_cast<double>(options_.rank);
-  std::map<std::string, at::Tensor> by_name;
-  for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+  const std::map<std::string, at::Tensor> by_name = model::parameters_by_name(backbone);
   for (const auto& t : attached_) {
     at::Tensor w = by_name.at(t.weight);
     w.add_((at::matmul(t.b.detach(), t.a.detach()) * scale).to(w.scalar_type()));

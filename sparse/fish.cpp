@@ -9,6 +9,7 @@
 #include <map>
 
 #include "model/device.h"
+#include "model/parameter_map.h"
 #include "sparse/index_codec.h"
 #include "sparse/methods.h"
 #include "sparse/scatter.h"
@@ -88,8 +89,7 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
   if (options.select == "magnitude") {
     // Streamed: |W| in float32 of one tensor at a time (never of the whole model at once), the same
     // mask as top_k_mask over all the scores; bf16 weights are read in place.
-    std::map<std::string, at::Tensor> by_name;
-    for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+    const std::map<std::string, at::Tensor> by_name = model::parameters_by_name(backbone);
     const auto eligible = eligible_tensors(backbone.config(), options.fisher.include, options.fisher.exclude);
     DT_CHECK(!eligible.empty(), "FISH: no eligible tensor (check --fish.include / --fish.exclude)");
     mask = top_k_mask_streaming(
@@ -100,8 +100,7 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
     used = std::min(options.samples, available);
     scores = compute_fisher(backbone, sample, used, *comm, options.fisher);
   } else {
-    std::map<std::string, at::Tensor> by_name;
-    for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+    const std::map<std::string, at::Tensor> by_name = model::parameters_by_name(backbone);
     auto gen = at::make_generator<at::CPUGeneratorImpl>(options.seed);
     for (const auto& meta : eligible_tensors(backbone.config(), options.fisher.include, options.fisher.exclude)) {
       const at::Tensor& w = by_name.at(meta.name);
@@ -222,8 +221,7 @@ std::vector<peft::Trainable> FishMethod::attach(model::Backbone& backbone) {
           "use --fish.select magnitude|random");
     }
   }
-  std::map<std::string, at::Tensor> by_name;
-  for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+  const std::map<std::string, at::Tensor> by_name = model::parameters_by_name(backbone);
   for (const auto& e : mask_->entries) {
     auto it = by_name.find(e.name);
     DT_CHECK(it != by_name.end(), "fish: the backbone has no parameter '" + e.name + "'");
@@ -338,8 +336,7 @@ std::vector<int64_t> FishMethod::refresh(model::Backbone& backbone, const Sample
 void FishMethod::add_delta(model::Backbone& backbone, double sign) const {
   DT_CHECK(values_.defined() && mask_, "fish: merge before attach");
   c10::NoGradGuard no_grad;
-  std::map<std::string, at::Tensor> by_name;
-  for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+  const std::map<std::string, at::Tensor> by_name = model::parameters_by_name(backbone);
   for (const auto& [name, slice] : *layout_) {
     at::Tensor w = by_name.at(name);
     const at::Tensor v = values_.detach().narrow(0, slice.begin, slice.count).to(w.scalar_type()) * sign;

@@ -1,6 +1,7 @@
 #include "sparse/fisher.h"
 
 #include "model/device.h"
+#include "model/parameter_map.h"
 
 #include <fnmatch.h>
 #include <torch/torch.h>
@@ -64,8 +65,7 @@ NamedTensors compute_fisher(model::Backbone& backbone, const SampleFn& sample, i
   DT_CHECK(batch > 0, "compute_fisher: batch size must be positive");
 
   // The eligible parameters, by name, in describe() order; their flags are restored at the end.
-  std::map<std::string, at::Tensor> by_name;
-  for (const auto& [name, t] : backbone.named_parameters()) by_name.emplace(name, t);
+  const std::map<std::string, at::Tensor> by_name = model::parameters_by_name(backbone);
   std::vector<at::Tensor> params;
   NamedTensors fisher;
   for (const auto& meta : eligible_tensors(backbone.config(), options.include, options.exclude)) {

@@ -11,20 +11,12 @@
 
 #include "model/safetensors.h"
 #include "util/error.h"
+#include "util/hash.h"
 
 namespace dt::sparse {
 namespace {
 
 constexpr const char* kFormat = "deltatune-mask/1";
-
-uint64_t fnv1a(uint64_t h, const void* data, size_t size) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  for (size_t i = 0; i < size; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ull;
-  }
-  return h;
-}
 
 std::string join_shape(const std::vector<int64_t>& shape) {
   std::string out;
@@ -87,7 +79,7 @@ const MaskEntry* Mask::find(const std::string& name) const {
 }
 
 uint64_t Mask::hash() const {
-  uint64_t h = 14695981039346656037ull;
+  uint64_t h = kFnv1aOffset;
   for (const auto& e : entries) {
     h = fnv1a(h, e.name.data(), e.name.size() + 1);
     for (int64_t s : e.shape) h = fnv1a(h, &s, sizeof(s));

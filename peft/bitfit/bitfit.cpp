@@ -11,6 +11,7 @@
 
 #include "peft/method.h"
 #include "util/error.h"
+#include "model/parameter_map.h"
 
 namespace dt::peft {
 namespace {
@@ -65,12 +66,9 @@ class BitFit final : public Method {
   }
 
   std::vector<Trainable> attach(model::Backbone& backbone) override {
-    std::map<std::string, at::Tensor> params;
+    std::map<std::string, at::Tensor> params = model::parameters_by_name(backbone);
     std::set<std::string> names;
-    for (auto& [n, t] : backbone.named_parameters()) {
-      params[n] = t;
-      names.insert(n);
-    }
+    for (const auto& entry : params) names.insert(entry.first);
     std::vector<Trainable> out;
     for (const auto& b : bias_sites(backbone.config(), names)) {
       if (!b.existing.empty()) {

@@ -22,6 +22,7 @@
 
 #include "peft/method.h"
 #include "util/error.h"
+#include "model/parameter_map.h"
 
 namespace dt::peft {
 namespace {
@@ -133,8 +134,7 @@ class Lora final : public Method {
   void add_delta(model::Backbone& backbone, double sign) const {
     c10::NoGradGuard no_grad;
     const double scale = options_.alpha / static_cast<double>(options_.r);
-    std::map<std::string, at::Tensor> params;
-    for (const auto& [name, tensor] : backbone.named_parameters()) params.emplace(name, tensor);
+    const std::map<std::string, at::Tensor> params = model::parameters_by_name(backbone);
     for (const auto& t : attached_) {
       auto it = params.find(t.weight);
       DT_CHECK(it != params.end(), "lora: the backbone has no weight '" + t.weight + "' to merge into");

@@ -65,6 +65,7 @@
 #include "model/device.h"
 #include "model/llama.h"
 #include "model/load.h"
+#include "model/parameter_map.h"
 #include "model/t5.h"
 #include "peft/method.h"
 #include "util/error.h"
@@ -373,8 +374,7 @@ class Lst final : public Method {
     side_ = model::make_backbone(sc, num_labels);
     ladders_ = ladders(c, options_);
     hidden_count_ = c.num_layers + (c.arch == model::Arch::T5 ? c.num_decoder_layers : 0);
-    std::map<std::string, at::Tensor> side_params;
-    for (const auto& [n, t] : side_->named_parameters()) side_params[n] = t;
+    std::map<std::string, at::Tensor> side_params = model::parameters_by_name(*side_);
     {
       c10::NoGradGuard no_grad;
       if (options_.prune == "magnitude") {
