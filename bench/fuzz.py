@@ -2,7 +2,7 @@
 """bench/fuzz.py — libFuzzer on every parser of untrusted bytes, then the whole ctest suite under ASan + UBSan.
 
   bench/fuzz.py [--seconds 60] [--targets safetensors,...] [--no-tests] [--no-fuzz] [--tests REGEX] [--exclude REGEX]
-                [--jobs N]
+                [--rerun-failed] [--jobs N]
 
 Builds build-san/ (clang, -DDELTATUNE_FUZZ=ON: every library and test compiled with
 -fsanitize=address,undefined and libFuzzer's coverage; NCCL off, it cannot run here), then:
@@ -11,7 +11,9 @@ Builds build-san/ (clang, -DDELTATUNE_FUZZ=ON: every library and test compiled w
      crashes, trips a sanitizer or leaves a parser by any exception but a dt::Error naming the file is
      saved as bench/.cache/fuzz/<target>/crash-* (libFuzzer stops that target at its first finding);
   2. runs ctest in build-san/ with the sanitizers reporting to files (LeakSanitizer with fuzz/lsan.supp:
-     leaks inside Open MPI, torch, HDF5 and Python are theirs), counting tests, failures and reports.
+     leaks inside Open MPI, torch, HDF5 and Python are theirs; fuzz/keep_modules.cpp keeps their
+     components mapped so the suppressions can name them), counting tests, failures and reports;
+     --rerun-failed reruns only the tests the recorded suite failed or got reports from (after fixes).
 Results: bench/results/fuzz.json {targets: {name: {runs, seconds, crashes, artifacts}}, sanitizer: {tests,
 failures, failed, reports}} and fuzz.md. Not part of .ci/run: the sanitizer build and suite take about
 an hour here (scripts/setup.sh fuzz runs this).
@@ -135,8 +137,24 @@ def fuzz(log, target, seconds):
     return result
 
 
-def sanitizer_suite(log, tests_regex, exclude_regex, jobs):
-    logs = os.path.join(WORK, "sanitizer-logs")
+def read_reports(logs):
+    """(report lines, the executables they came from) of the sanitizer log files in `logs`."""
+    reports, binaries = [], set()
+    for path in sorted(glob.glob(os.path.join(logs, "*"))):
+        text = open(path, errors="replace").read()
+        for line in text.splitlines():
+            if "ERROR: AddressSanitizer" in line or "ERROR: LeakSanitizer" in line or "runtime error:" in line:
+                # the executable the report came from: the first of ours in its stack
+                ours = re.search(r"build-san/(?:tests|fuzz)/([A-Za-z0-9_]+)|build-san/(deltatune)\b", text)
+                binary = (ours.group(1) or ours.group(2)) if ours else "?"
+                binaries.add(binary)
+                reports.append(f"{binary} ({os.path.basename(path)}): {line.strip()[:300]}")
+                break
+    return reports, sorted(binaries)
+
+
+def sanitizer_suite(log, tests_regex, exclude_regex, jobs, logs_name="sanitizer-logs"):
+    logs = os.path.join(WORK, logs_name)
     shutil.rmtree(logs, ignore_errors=True)
     os.makedirs(logs)
     supp = os.path.join(C.ROOT, "fuzz", "lsan.supp")
@@ -144,6 +162,9 @@ def sanitizer_suite(log, tests_regex, exclude_regex, jobs):
                ASAN_OPTIONS=f"log_path={logs}/asan:detect_leaks=1:abort_on_error=1",
                UBSAN_OPTIONS=f"log_path={logs}/ubsan:print_stacktrace=1:halt_on_error=1",
                LSAN_OPTIONS=f"suppressions={supp}:print_suppressions=0",
+               # dlclose does nothing (fuzz/keep_modules.cpp): Open MPI's components stay mapped until the
+               # leak check, so their frames have names the suppressions match
+               LD_PRELOAD=os.path.join(BUILD, "fuzz", "libdt_keep_modules.so"),
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     junit = os.path.join(WORK, "ctest.xml")
     cmd = ["ctest", "--test-dir", C.rel(BUILD), "-j", str(jobs), "--output-junit", junit, "--timeout", "5400"]
@@ -168,15 +189,10 @@ def sanitizer_suite(log, tests_regex, exclude_regex, jobs):
         tests += 1
         if case.find("failure") is not None or status == "fail":
             failed.append(case.get("name"))
-    reports = []
-    for path in sorted(glob.glob(os.path.join(logs, "*"))):
-        text = open(path, errors="replace").read()
-        for line in text.splitlines():
-            if "ERROR: AddressSanitizer" in line or "ERROR: LeakSanitizer" in line or "runtime error:" in line:
-                reports.append(f"{os.path.basename(path)}: {line.strip()[:300]}")
-                break
+    reports, binaries = read_reports(logs)
     return dict(tests=tests, failures=len(failed), failed=failed, skipped=skipped, reports=len(reports),
-                report_lines=reports, seconds=round(time.time() - t0, 1), ctest_rc=p.returncode)
+                report_lines=reports, report_binaries=binaries, seconds=round(time.time() - t0, 1),
+                ctest_rc=p.returncode)
 
 
 def main():
@@ -187,6 +203,9 @@ def main():
     ap.add_argument("--no-fuzz", action="store_true", help="the sanitizer suite only (keep the fuzz results)")
     ap.add_argument("--tests", default="", help="ctest -R regex (default: every test)")
     ap.add_argument("--exclude", default="", help="ctest -E regex: tests left out (recorded in fuzz.json)")
+    ap.add_argument("--rerun-failed", action="store_true",
+                    help="after fixes: rerun only the tests the recorded suite failed or got reports from; the "
+                         "full run stays recorded, this one is added as sanitizer_rerun")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     a = ap.parse_args()
     for t in a.targets.split(","):
@@ -204,12 +223,24 @@ def main():
     if not a.no_fuzz:
         for t in a.targets.split(","):
             targets[t] = fuzz(log, t, a.seconds)
-    sanitizer = previous.get("sanitizer")
-    if not a.no_tests:
+    sanitizer, rerun = previous.get("sanitizer"), previous.get("sanitizer_rerun")
+    if a.rerun_failed:
+        if not sanitizer:
+            sys.exit("bench/fuzz.py --rerun-failed: no recorded sanitizer suite to rerun from")
+        binaries = sanitizer.get("report_binaries") or read_reports(os.path.join(WORK, "sanitizer-logs"))[1]
+        names = [f"^{t}$" for t in sanitizer["failed"]]
+        names += [f"^{b}(_np[0-9]+)?$" for b in binaries if b not in ("?", "deltatune")]
+        if not names:
+            sys.exit("bench/fuzz.py --rerun-failed: the recorded suite had no failures or reports")
+        rerun = sanitizer_suite(log, "|".join(names), a.exclude, a.jobs, "sanitizer-logs-rerun")
+        rerun["tests_regex"] = "|".join(names)
+        rerun["excluded_regex"] = a.exclude
+    elif not a.no_tests:
         sanitizer = sanitizer_suite(log, a.tests, a.exclude, a.jobs)
         sanitizer["tests_regex"] = a.tests or "(all)"
         sanitizer["excluded_regex"] = a.exclude
-    out = dict(targets=targets, sanitizer=sanitizer, seconds_per_target=a.seconds,
+        rerun = None
+    out = dict(targets=targets, sanitizer=sanitizer, sanitizer_rerun=rerun, seconds_per_target=a.seconds,
                compiler=subprocess.run(["clang++", "--version"], capture_output=True, text=True).stdout.split("\n")[0],
                note=C.machine_note("the sanitizer build in build-san/"))
     C.write_json("fuzz.json", out)
@@ -220,17 +251,20 @@ def main():
     with open(os.path.join(C.RESULTS, "fuzz.md"), "w") as f:
         f.write("### Fuzzing (libFuzzer, clang, ASan + UBSan) and the test suite under sanitizers\n\n")
         f.write(C.md_table(["target", "runs", "seconds", "crashes", "corpus", "finding"], rows))
-        if sanitizer:
-            f.write(f"\nctest under ASan + UBSan (+ LeakSanitizer, fuzz/lsan.supp), tests {sanitizer['tests_regex']}"
-                    f"{' except ' + sanitizer['excluded_regex'] if sanitizer.get('excluded_regex') else ''}: "
-                    f"{sanitizer['tests']} tests, {sanitizer['failures']} failed"
-                    f"{' (' + ', '.join(sanitizer['failed']) + ')' if sanitizer['failed'] else ''}, "
-                    f"{sanitizer['reports']} sanitizer reports, {sanitizer['skipped']} skipped, "
-                    f"{sanitizer['seconds']:.0f} s.\n")
-            for r in sanitizer["report_lines"]:
+        for title, suite in (("ctest under ASan + UBSan (+ LeakSanitizer, fuzz/lsan.supp)", sanitizer),
+                             ("Rerun after the fixes", rerun)):
+            if not suite:
+                continue
+            f.write(f"\n{title}, tests {suite['tests_regex']}"
+                    f"{' except ' + suite['excluded_regex'] if suite.get('excluded_regex') else ''}: "
+                    f"{suite['tests']} tests, {suite['failures']} failed"
+                    f"{' (' + ', '.join(suite['failed']) + ')' if suite['failed'] else ''}, "
+                    f"{suite['reports']} sanitizer reports, {suite['skipped']} skipped, {suite['seconds']:.0f} s.\n")
+            for r in suite["report_lines"]:
                 f.write(f"- {r}\n")
         f.write("\n" + C.machine_note("the sanitizer build in build-san/") + "\n")
-    bad = sum(r["crashes"] for r in targets.values()) + (sanitizer["failures"] + sanitizer["reports"] if sanitizer else 0)
+    last = rerun if a.rerun_failed else sanitizer
+    bad = sum(r["crashes"] for r in targets.values()) + (last["failures"] + last["reports"] if last else 0)
     sys.exit(1 if bad else 0)
 
 

@@ -69,7 +69,8 @@ CheckpointState fake_state(int64_t step, uint64_t seed = 1) {
 bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
   if (a.scalar_type() != b.scalar_type() || !a.sizes().equals(b.sizes())) return false;
   const at::Tensor x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
+  // An empty tensor may have no storage (a null data pointer, which memcmp must not get even for 0 bytes).
+  return x.nbytes() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
 }
 
 bool same_tensors(const NamedTensors& a, const NamedTensors& b) {
