@@ -269,6 +269,39 @@ TEST(Checkpoint, FlippedBytesAreAlwaysDetected) {
   fs::remove_all(dir);
 }
 
+// What HDF5 parses of a checkpoint before reading any data — links and attributes — lives in object
+// headers, which the 1.10 format checksums, never in the unchecksummed dense storage (fractal heaps):
+// a flipped byte there reached HDF5's parser unchecked and crashed it under ASan.
+herr_t visit_object(hid_t obj, const char* name, const H5O_info_t* info, void* out) {
+  auto& problems = *static_cast<std::vector<std::string>*>(out);
+  if (info->meta_size.attr.heap_size != 0 || info->meta_size.attr.index_size != 0) {
+    problems.push_back(std::string(name) + ": attributes in dense storage");
+  }
+  if (info->type == H5O_TYPE_GROUP) {
+    H5G_info_t g;
+    const hid_t group = H5Gopen2(obj, name, H5P_DEFAULT);
+    if (group < 0 || H5Gget_info(group, &g) < 0) problems.push_back(std::string(name) + ": unreadable group");
+    else if (g.storage_type != H5G_STORAGE_TYPE_COMPACT) problems.push_back(std::string(name) + ": links in dense storage");
+    if (group >= 0) H5Gclose(group);
+  }
+  return 0;
+}
+
+TEST(Checkpoint, MetadataLivesInChecksummedHeaders) {
+  const std::string dir = temp_dir("compact");
+  CheckpointState state = fake_state(40);
+  for (int i = 0; i < 40; ++i) state.trainables.emplace_back("extra." + std::to_string(i), at::randn({4}));  // > 8
+  const std::string path = write_checkpoint(dir, state, 0);
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(file, 0);
+  std::vector<std::string> problems;
+  ASSERT_GE(H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_INC, visit_object, &problems, H5O_INFO_ALL), 0);
+  H5Fclose(file);
+  EXPECT_TRUE(problems.empty()) << ::testing::PrintToString(problems);
+  EXPECT_TRUE(same_state(read_checkpoint(path), state));  // creation order still kept
+  fs::remove_all(dir);
+}
+
 void flip_data_byte(const std::string& path) {
   const auto chunks = inspect_checkpoint(path).datasets.front().chunks;
   auto bytes = read_all(path);
