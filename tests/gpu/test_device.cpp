@@ -94,7 +94,9 @@ StepResult one_step(const DeviceCase& c, const c10::Device& device) {
   if (!dropout_while_training(c)) r.loss = loss.item<double>();
   loss.backward();
   for (const auto& [name, t] : named) {
-    if (t.grad().defined()) EXPECT_EQ(t.grad().device(), device) << "gradient of " << name;
+    if (t.grad().defined()) {
+      EXPECT_EQ(t.grad().device(), device) << "gradient of " << name;
+    }
     // A copy: on the CPU .to(kCPU) would alias the gradient that clipping then scales in place.
     r.grads.push_back(t.grad().defined() ? t.grad().to(at::kCPU).clone() : at::zeros(t.sizes()));
   }

@@ -88,7 +88,9 @@ TEST_P(HfReference, LoadedDirectoryGivesHfOutputs) {
     }
     offset += prefix == "encoder.hidden" ? config.num_layers : 0;
   }
-  if (!c.hidden_prefixes.empty()) EXPECT_GT(compared, 0) << "no block output was compared";
+  if (!c.hidden_prefixes.empty()) {
+    EXPECT_GT(compared, 0) << "no block output was compared";
+  }
 
   at::Tensor got_logits = r.logits, want_logits = ref.tensor("logits");
   if (config.arch == Arch::Llama && c.num_labels == 0) {  // LM logits at padded positions are not compared

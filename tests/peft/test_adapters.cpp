@@ -257,7 +257,9 @@ TEST(Adapters, EachMethodAloneLearnsAFixedBatch) {
       const std::string what = model + " " + method + ": loss " + std::to_string(first) + " -> " +
                                std::to_string(last) + ", floor " + std::to_string(floor);
       EXPECT_LT(last, first - 1e-3) << what;
-      if (method != "ia3" && method != "prompt") EXPECT_LT(last - floor, 0.1 * (first - floor)) << what;
+      if (method != "ia3" && method != "prompt") {
+        EXPECT_LT(last - floor, 0.1 * (first - floor)) << what;
+      }
     }
   }
 }

@@ -58,7 +58,7 @@ TEST(Bf16Backbone, TrainDtypeCastsEveryWeightButTheHead) {
 
 TEST(Bf16Backbone, MethodsTrainFloat32TensorsOverBf16Weights) {
   const std::string path = bf16_tiny_t5();
-  for (const std::vector<std::string> args : {std::vector<std::string>{"--method", "full"},
+  for (const std::vector<std::string>& args : {std::vector<std::string>{"--method", "full"},
                                               {"--method", "lst", "--lst.r", "2"},
                                               {"--method", "lora"},
                                               {"--method", "fish", "--fish.select", "magnitude"}}) {

@@ -183,7 +183,9 @@ TEST(Lst, GradientsReachOnlyLstAndBackboneStaysBitIdentical) {
           EXPECT_TRUE(t.tensor.grad().defined()) << label(c) << ": no gradient reached " << t.name;
         }
         for (const auto& [name, t] : backbone->named_parameters()) {
-          if (!trains.count(name)) EXPECT_FALSE(t.grad().defined()) << label(c) << ": " << name;
+          if (!trains.count(name)) {
+            EXPECT_FALSE(t.grad().defined()) << label(c) << ": " << name;
+          }
         }
       }
       adam.step();
@@ -409,7 +411,9 @@ TEST(Lst, PruningKeepsRotaryPairsAndKvGroupsTogether) {
         const int64_t q = rows["q_proj"][h * Ds + j], k = rows["k_proj"][g * Ds + j];
         EXPECT_EQ(q / D, h) << "side head " << h << " reads its own backbone head";
         EXPECT_EQ(q % D, k % D) << "query head " << h << " and its kv head keep the same dims";
-        if (j < Ds / 2) EXPECT_EQ(rows["q_proj"][h * Ds + j + Ds / 2], q + D / 2) << "rotary pair split";
+        if (j < Ds / 2) {
+          EXPECT_EQ(rows["q_proj"][h * Ds + j + Ds / 2], q + D / 2) << "rotary pair split";
+        }
       }
     }
   }

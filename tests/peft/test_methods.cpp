@@ -135,9 +135,13 @@ TEST(PeftMethods, OnlyTrainablesChangeThroughOptimizerSteps) {
     }
     // Frozen backbone weights get no gradient at all (autograd never computes it).
     for (const auto& [name, t] : backbone->named_parameters()) {
-      if (!trains.count(name)) EXPECT_FALSE(t.grad().defined()) << label(c) << ": " << name;
+      if (!trains.count(name)) {
+        EXPECT_FALSE(t.grad().defined()) << label(c) << ": " << name;
+      }
     }
-    if (c.method == "full") EXPECT_TRUE(some_trainable_changed) << label(c);
+    if (c.method == "full") {
+      EXPECT_TRUE(some_trainable_changed) << label(c);
+    }
   }
 }
 
