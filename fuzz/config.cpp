@@ -6,6 +6,7 @@
 
 #include "fuzz/fuzz_util.h"
 #include "launch/cli.h"
+#include "launch/method_options.h"
 #include "model/config.h"
 #include "peft/method.h"
 
@@ -27,7 +28,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (!parsed) return 0;
   dt::fuzz::expect_clean_error("", [&] {
     (void)dt::launch::render_config(desc, vm);
-    const auto methods = dt::peft::MethodSet::from_options(vm);
+    const auto methods = dt::launch::method_set_from(vm);
     for (const char* backbone : {"tiny-t5", "tiny-bert", "tiny-llama"}) {
       (void)methods.plan(dt::model::named_config(backbone), 2);
     }

@@ -12,6 +12,7 @@
 // export is a single process: under a launcher with more than one rank it refuses to start.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <fmt/ranges.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -85,7 +86,8 @@ int run_export(const po::variables_map& vm) {
     try {
       layout = peft_layout(r.methods, backbone, r.trainables, r.options, model_arg);
     } catch (const UsageError& e) {
-      usage(std::string(e.what()) + "; --format merged writes the merged weights (full, lora, ia3, fish, dsee)");
+      usage(std::string(e.what()) + "; --format merged writes the merged weights (" +
+            fmt::format("{}", fmt::join(peft::Registry::global().mergeable(), ", ")) + ")");
     }
     std::map<std::string, at::Tensor> ours;
     for (const auto& t : r.trainables) ours[t.name] = t.tensor.detach();

@@ -13,6 +13,7 @@
 
 #include "dist/agreement.h"
 #include "launch/cli.h"
+#include "launch/method_options.h"
 #include "model/load.h"
 #include "sparse/methods.h"
 #include "util/error.h"
@@ -122,7 +123,7 @@ RestoredModel restore_model(const std::string& checkpoint_path, const Checkpoint
   }
 
   // ---- the method, its fixed indices, the learned values -------------------------------------------
-  r.methods = peft::MethodSet::from_options(r.options);
+  r.methods = method_set_from(r.options);
   sparse::restore_indices(r.methods, stored_indices(saved.indices), backbone.config());  // FISH: the stored mask, no Fisher
   r.trainables = r.methods.apply(backbone);
 

@@ -15,10 +15,10 @@
 #include "dist/glue.h"
 #include "dist/sampler.h"
 #include "launch/cli.h"
+#include "launch/method_options.h"
 #include "launch/session.h"
 #include "model/device.h"
 #include "model/load.h"
-#include "model/t5.h"
 #include "model/tokenizer.h"
 #include "sparse/methods.h"
 #include "util/error.h"
@@ -32,7 +32,7 @@ int run_mask(const po::variables_map& vm) {
   if (vm.count("fish.mask-out")) out_path = vm["fish.mask-out"].as<std::string>();
   else if (vm.count("out")) out_path = vm["out"].as<std::string>();
   else throw_usage_error("deltatune mask: give the output file with --fish.mask-out PATH (or --out PATH)");
-  sparse::FishOptions options = sparse::fish_options(vm);
+  sparse::FishOptions options = sparse::fish_options(method_option_values(vm));
   if (!options.mask_path.empty()) throw_usage_error("deltatune mask computes a mask; --fish.mask is for train");
 
   SessionOptions session_options;
@@ -49,11 +49,7 @@ int run_mask(const po::variables_map& vm) {
   torch::manual_seed(vm["train.seed"].as<uint64_t>());
   auto backbone = model::load_backbone(vm["model"].as<std::string>(), task.num_labels);
   auto tokenizer = model::load_tokenizer(vm["tokenizer"].as<std::string>());
-  if (backbone->config().arch == model::Arch::T5) {
-    std::vector<int64_t> first_tokens;
-    for (const auto& ids : dist::label_word_ids(task, *tokenizer)) first_tokens.push_back(ids.at(0));
-    dynamic_cast<model::T5Backbone&>(*backbone).set_label_token_ids(first_tokens);
-  }
+  if (backbone->reads_label_words()) backbone->set_label_token_ids(dist::label_first_token_ids(task, *tokenizer));
   // The Fisher pass runs where training will (--device, --train.dtype), as train's own does.
   model::backbone_to(*backbone, session.device(), model::frozen_dtype(vm["train.dtype"].as<std::string>()));
   const dist::EncodedDataset data = dist::encode_all(

@@ -11,8 +11,6 @@
 #include <sstream>
 
 #include "launch/cli.h"
-#include "peft/method.h"
-#include "sparse/methods.h"
 #include "util/error.h"
 
 namespace dt::launch {
@@ -40,16 +38,6 @@ void add_model_options(po::options_description& desc) {
        "directory holding the GLUE task folders (SST-2/, CoLA/, RTE/)")
       ("device", po::value<std::string>()->default_value("cpu"),
        "cpu | cuda | auto (auto: cuda when torch sees a GPU); on cuda each local rank takes GPU local_rank % count");
-}
-
-void add_method_options(po::options_description& desc) {
-  desc.add_options()
-      ("method", po::value<std::string>()->default_value("full"),
-       "PEFT method, or several joined by '+': full, bitfit, houlsby, pfeiffer, parallel_adapter, lora, prefix, "
-       "prompt, ia3, compacter, mam, lst, fish, dsee");
-  // Each method declares its own section (--lora.r, ...): declared once, where the method lives.
-  sparse::register_methods();  // fish, dsee: peft cannot depend on sparse, so launch registers them
-  peft::Registry::global().add_all_options(desc);
 }
 
 void add_train_options(po::options_description& desc) {

@@ -22,6 +22,7 @@
 #include <set>
 
 #include "launch/cli.h"
+#include "launch/method_options.h"
 #include "model/config.h"
 #include "model/load.h"
 #include "dist/glue.h"
@@ -88,7 +89,7 @@ int run_plan(const po::variables_map& vm) {
   const int64_t world = vm["world-size"].as<int64_t>();
   if (world < 1) throw UsageError("--world-size must be >= 1, got " + std::to_string(world));
   const int64_t num_labels = dist::glue_task(vm["task"].as<std::string>()).num_labels;
-  const auto methods = peft::MethodSet::from_options(vm);
+  const auto methods = method_set_from(vm);
 
   // ---- the model's tensors, from a config or a file header
   std::vector<model::TensorMeta> metas, trainable;

@@ -11,7 +11,6 @@
 #include "model/device.h"
 #include "model/load.h"
 #include "dist/sampler.h"
-#include "model/t5.h"
 
 namespace dt::launch {
 
@@ -20,9 +19,7 @@ TaskModel load_task_model(const std::string& model_arg, const std::string& token
   TaskModel m;
   m.backbone = model::load_backbone(model_arg, task.num_labels);
   m.tokenizer = model::load_tokenizer(tokenizer_path);
-  if (m.backbone->config().arch == model::Arch::T5) {
-    dynamic_cast<model::T5Backbone&>(*m.backbone).set_label_token_ids(dist::label_first_token_ids(task, *m.tokenizer));
-  }
+  if (m.backbone->reads_label_words()) m.backbone->set_label_token_ids(dist::label_first_token_ids(task, *m.tokenizer));
   return m;
 }
 

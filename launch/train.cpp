@@ -15,8 +15,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 
 #include "dist/agreement.h"
 #include "dist/checkpoint.h"
@@ -26,6 +28,7 @@
 #include "dist/optim.h"
 #include "dist/sampler.h"
 #include "launch/cli.h"
+#include "launch/method_options.h"
 #include "launch/peft_format.h"
 #include "launch/session.h"
 #include "launch/task_model.h"
@@ -68,21 +71,326 @@ std::string shapes_text(const std::vector<peft::Trainable>& trainables) {
   return out;
 }
 
+// ---- the steps of a run, in the order run_train calls them ---------------------------------------
+
+// The options the loop reads, read and checked once.
+struct TrainSettings {
+  std::string out_dir;  // --out: checkpoints ("" : none)
+  int64_t ckpt_every = 0, ckpt_keep = 0;
+  uint64_t seed = 0;
+  int64_t steps = 0, batch_size = 0, accum = 0, eval_every = 0, eval_batch = 0, pad_to = 0;
+  double clip = 0;
+  std::string model_arg, schedule_name;
+  uint64_t fish_seed = 0;
+};
+
+TrainSettings read_settings(const po::variables_map& vm) {
+  TrainSettings s;
+  s.out_dir = vm.count("out") ? vm["out"].as<std::string>() : "";
+  s.ckpt_every = vm["ckpt.every"].as<int64_t>();
+  s.ckpt_keep = vm["ckpt.keep"].as<int64_t>();
+  s.seed = vm["train.seed"].as<uint64_t>();
+  s.steps = vm["train.steps"].as<int64_t>();
+  s.batch_size = vm["train.batch-size"].as<int64_t>();
+  s.accum = vm["train.accum"].as<int64_t>();
+  s.eval_every = vm["train.eval-every"].as<int64_t>();
+  s.eval_batch = vm["train.eval-batch-size"].as<int64_t>();
+  s.pad_to = vm["train.pad-to"].as<int64_t>();
+  s.clip = vm["train.clip"].as<double>();
+  s.model_arg = vm["model"].as<std::string>();
+  s.schedule_name = vm["train.schedule"].as<std::string>();
+  s.fish_seed = vm.count("fish.seed") ? vm["fish.seed"].as<uint64_t>() : 0;
+  if (s.steps <= 0 || s.batch_size <= 0 || s.accum <= 0) {
+    throw_usage_error("--train.steps, --train.batch-size and --train.accum must be positive");
+  }
+  return s;
+}
+
+SessionOptions session_options(const po::variables_map& vm) {
+  SessionOptions o;
+  o.backend = vm["dist.backend"].as<std::string>();
+  o.log_all_ranks = vm["log-all-ranks"].as<bool>();
+  o.threads = vm["threads"].as<int>();
+  o.device = vm["device"].as<std::string>();
+  return o;
+}
+
+// The backbone with the task's head, its frozen weights moved to this rank's device once (mapped from the
+// file, then copied) and cast to --train.dtype bf16 if asked: the Fisher pass and the methods' set-up then
+// run where they will train. The seed first: every rank draws the same initial trainable values.
+TaskModel load_model(const po::variables_map& vm, const dist::TaskInfo& task, const c10::Device& device,
+                     uint64_t seed) {
+  const auto frozen_dtype = model::frozen_dtype(vm["train.dtype"].as<std::string>());  // before any loading
+  torch::manual_seed(seed);
+  TaskModel m = load_task_model(vm["model"].as<std::string>(), vm["tokenizer"].as<std::string>(), task);
+  if (frozen_dtype && m.backbone->config().arch != model::Arch::T5) {
+    throw_usage_error("--train.dtype bf16 is implemented for T5 backbones (norms, softmax and loss in fp32); "
+                      "use fp32 for " + m.backbone->config().name);
+  }
+  model::backbone_to(*m.backbone, device, frozen_dtype);
+  return m;
+}
+
+// Every rank reads and tokenizes both splits; the sampler later gives each rank its shard of train.
+struct TrainData {
+  dist::EncodedDataset train, dev;
+};
+
+TrainData load_data(const po::variables_map& vm, const dist::TaskInfo& task, const TaskModel& m) {
+  const auto t0 = Clock::now();
+  const auto encode = dist::encode_options_for(m.backbone->config(), task.name, vm["train.max-len"].as<int64_t>());
+  const auto data_dir = vm["data"].as<std::string>();
+  TrainData data;
+  data.train = dist::encode_all(dist::read_glue(data_dir, task.name, "train"), *m.tokenizer, encode);
+  data.dev = load_dev_set(data_dir, task, *m.tokenizer, encode, vm["train.eval-max"].as<int64_t>());
+  log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", data.train.size(), data.dev.size(),
+            task.name, seconds_since(t0));
+  return data;
+}
+
+// What methods that learn from data see (FISH's Fisher samples): training examples in an order drawn
+// from `seed` (--fish.seed at start, shifted by the step at each --fish.refresh-every).
+peft::TrainingData training_data(const dist::EncodedDataset& train, uint64_t seed) {
+  auto order = std::make_shared<std::vector<int64_t>>(dist::portable_permutation(train.size(), seed));
+  auto sample = [&train, order](const std::vector<int64_t>& ids) {
+    std::vector<int64_t> rows;
+    for (int64_t i : ids) rows.push_back(order->at(i));
+    return dist::collate(train, rows);
+  };
+  return {sample, static_cast<int64_t>(train.size())};
+}
+
+// Attaches the methods: the indices a resumed run had moved to, or those data-dependent methods compute
+// now (FISH's Fisher mask, sharded across ranks as `deltatune mask` does), then apply, the move to the
+// device and --init-from's adapter values.
+std::vector<peft::Trainable> attach_methods(const po::variables_map& vm, const TrainSettings& settings,
+                                            const peft::MethodSet& methods, model::Backbone& backbone,
+                                            const TrainData& data, Session& session) {
+  if (methods.refreshes_indices() && vm.count("resume")) {
+    // The mask moved during the run being resumed: continue with the checkpoint's mask. Rank 0 chooses
+    // the checkpoint and every rank reads that one file, so all ranks restore the same mask (the
+    // start-up agreement then compares its hash, and the resume validates the file).
+    if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), settings.out_dir,
+                                             nullptr)) {
+      sparse::restore_indices(methods, stored_indices(point->state.indices), backbone.config());
+    }
+  }
+  if (methods.needs_data()) methods.prepare(backbone, training_data(data.train, settings.fish_seed), session.comm());
+  const std::vector<peft::Trainable> trainables = methods.apply(backbone);
+  methods.to(session.device(), trainables);  // created on the host (same initial values on any device), moved once
+  if (vm.count("init-from")) {
+    // Every rank reads the adapter (the start-up agreement then checks they hold the same values).
+    const PeftLayout layout = peft_layout(methods, backbone, trainables, vm, settings.model_arg);
+    const int64_t values = load_peft_adapter(vm["init-from"].as<std::string>(), layout, trainables);
+    log::info("init-from {}: {} values of {} tensors from the HF PEFT {} adapter", vm["init-from"].as<std::string>(),
+              with_commas(values), layout.tensors.size(), layout.config["peft_type"].get<std::string>());
+  }
+  return trainables;
+}
+
+// HF PEFT's accounting line; "all params" counts the backbone and every tensor a method added.
+void log_parameter_counts(const model::Backbone& backbone, const std::vector<peft::Trainable>& trainables) {
+  int64_t trainable_params = 0, backbone_params = 0, added_params = 0;
+  std::set<std::string> backbone_names;
+  for (const auto& [name, tensor] : backbone.named_parameters()) {
+    backbone_params += tensor.numel();
+    backbone_names.insert(name);
+  }
+  std::map<std::string, int64_t> per_method;
+  for (const auto& t : trainables) {
+    trainable_params += t.tensor.numel();
+    if (!backbone_names.count(t.name)) added_params += t.tensor.numel();
+    per_method[t.method] += t.tensor.numel();
+  }
+  log::info("{}", peft::accounting_line(trainable_params, backbone_params + added_params));
+  for (const auto& [method, n] : per_method) log::info("  {}: {} trainable", method, n);
+}
+
+// The frozen weights' hash: the backbone's identity in the start-up agreement and in checkpoints.
+std::string frozen_hash(const model::Backbone& backbone) {
+  std::vector<at::Tensor> frozen;
+  for (const auto& [name, tensor] : backbone.named_parameters()) {
+    if (!tensor.requires_grad()) frozen.push_back(tensor);
+  }
+  return dist::hash_hex(dist::hash_tensors(frozen));
+}
+
+// Every rank must hold the same config, backbone, trainable set and initial values; a difference
+// names the item and the ranks.
+void agree_at_start_up(Session& session, const std::string& resolved_config, const model::ModelConfig& config,
+                       const std::string& backbone_hash, const peft::MethodSet& methods,
+                       const std::vector<peft::Trainable>& trainables) {
+  std::vector<at::Tensor> values;
+  for (const auto& t : trainables) values.push_back(t.tensor);
+  dist::agree_or_throw(session.cpu_comm(),
+                       {{"config", resolved_config},
+                        {"backbone", config.name + ":" + backbone_hash},
+                        {"method", methods.describe()},
+                        {"trainable tensors", shapes_text(trainables)},
+                        {"initial trainable values", dist::hash_hex(dist::hash_tensors(values))}});
+}
+
+// Buckets of the trainable gradients, all-reduced as backward fills them; a method may ask for its
+// DDP-style dense baseline (--fish.dense-sync: the same values, the indexed tensors' whole size on the wire).
+std::unique_ptr<dist::GradSync> make_grad_sync(const po::variables_map& vm, comm::Communicator& comm,
+                                               const dist::NamedTensors& named_trainables,
+                                               const peft::MethodSet& methods, const model::ModelConfig& config) {
+  dist::GradSyncOptions options;
+  options.bucket_cap_mb = vm["dist.bucket-mb"].as<double>();
+  // DDP's small first bucket (1 MiB) starts communication early; never larger than the cap itself.
+  options.first_bucket_cap_mb = std::min(1.0, options.bucket_cap_mb);
+  options.compress = dist::parse_compression(vm["dist.compress"].as<std::string>());
+  options.check_finite = vm["dist.check-finite"].as<bool>();
+  auto grad_sync = std::make_unique<dist::GradSync>(comm, named_trainables, options);
+  for (const auto& m : methods.methods()) {
+    const auto dense = m->dense_sync(config);
+    if (!dense) continue;
+    if (options.compress != dist::Compression::None) {
+      throw_usage_error("--" + m->name() + ".dense-sync all-reduces fp32 tensors: it excludes --dist.compress");
+    }
+    size_t index = 0;
+    while (index < named_trainables.size() && named_trainables[index].first != dense->trainable) ++index;
+    DT_CHECK(index < named_trainables.size(), "dense sync: no " + dense->trainable + " among the trainables");
+    grad_sync->set_comm_hook(dist::make_dense_scatter_hook({{index, dist::DenseScatter{dense->positions, dense->numel}}}));
+    log::info("{}.dense-sync: {} ({} values) travels inside the tensors it indexes, whole: {} floats a step",
+              m->name(), dense->trainable, with_commas(dense->positions.numel()), with_commas(dense->numel));
+  }
+  log::info("gradsync: {} bucket(s), {} bytes of gradients per step", grad_sync->buckets().size(),
+            grad_sync->grad_bytes());
+  return grad_sync;
+}
+
+std::unique_ptr<dist::Optimizer> optimizer_for(const po::variables_map& vm, const dist::NamedTensors& named_trainables) {
+  dist::OptimizerOptions options;
+  options.name = vm["train.optimizer"].as<std::string>();
+  options.adamw.weight_decay = vm["train.weight-decay"].as<double>();
+  options.adafactor.weight_decay = options.adamw.weight_decay;
+  return dist::make_optimizer(named_trainables, options);
+}
+
+dist::LrSchedule lr_schedule(const po::variables_map& vm, const TrainSettings& settings) {
+  dist::LrSchedule schedule;
+  schedule.kind = dist::parse_lr_schedule(settings.schedule_name);
+  schedule.base_lr = vm["train.lr"].as<double>();
+  schedule.warmup_steps = vm["train.warmup-steps"].as<int64_t>();
+  schedule.total_steps = settings.steps;
+  return schedule;
+}
+
+// What a checkpoint must match to be resumed here, and what each checkpoint of this run records.
+dist::CheckpointState checkpoint_identity(const po::variables_map& vm, const TrainSettings& settings, int rank,
+                                          const model::ModelConfig& config, const std::string& backbone_hash,
+                                          const peft::MethodSet& methods, const dist::Optimizer& optimizer,
+                                          const std::string& resolved_config,
+                                          const dist::NamedTensors& named_trainables) {
+  dist::CheckpointState identity;
+  identity.backbone.name = config.name;
+  identity.backbone.config = nlohmann::json(model::config_metadata(config)).dump();
+  // Hashing a multi-GB weights file takes tens of seconds: only when checkpoints are written or read.
+  const bool checkpointing = !settings.out_dir.empty() || vm.count("resume");
+  if (checkpointing && rank == 0 && std::filesystem::is_regular_file(settings.model_arg)) {
+    identity.backbone.weights_sha256 = dist::sha256_file(settings.model_arg);
+  }
+  identity.backbone.tensors_hash = backbone_hash;
+  identity.method = methods.describe();
+  identity.optimizer = optimizer.name();
+  identity.config_ini = resolved_config;
+  identity.trainables = named_trainables;
+  // Sparse methods' fixed indices travel with the values (and a resume refuses another mask).
+  identity.indices = checkpoint_indices(methods);
+  return identity;
+}
+
+// --metrics (rank 0, JSON lines) and the console: a bar for a person at a terminal, plain lines under a
+// launcher and in batch logs (mpirun gives ranks a pty for stdout but a pipe for stderr).
+class StepLog {
+ public:
+  StepLog(const po::variables_map& vm, int rank, int64_t steps)
+      : steps_(steps), progress_bar_(rank == 0 && isatty(STDOUT_FILENO) && isatty(STDERR_FILENO)) {
+    if (vm.count("metrics") && rank == 0) {
+      metrics_.open(vm["metrics"].as<std::string>(), std::ios::app);
+      if (!metrics_) throw_usage_error("--metrics: cannot write '" + vm["metrics"].as<std::string>() + "'");
+    }
+  }
+  void write(const nlohmann::json& record) {
+    if (metrics_.is_open()) metrics_ << record.dump() << "\n" << std::flush;
+  }
+  void step(int64_t step, double loss, double lr, double step_time, const dist::GradSyncStats& stats) {
+    if (progress_bar_) {
+      const int width = 30, done = static_cast<int>(width * step / steps_);
+      std::printf("\r[%.*s%*s] step %lld/%lld loss %.4f lr %.2e %.0f ms", done, "==============================",
+                  width - done, "", static_cast<long long>(step), static_cast<long long>(steps_), loss, lr,
+                  step_time * 1e3);
+      std::fflush(stdout);
+    } else {
+      log::info("step {:5d}/{} | loss {:.6f} | lr {:.3e} | {:.1f} ms | allreduced {} B in {} collective(s), "
+                "exposed {:.2f} ms", step, steps_, loss, lr, step_time * 1e3, stats.bytes, stats.collectives,
+                stats.exposed_comm_s * 1e3);
+    }
+  }
+  void end_bar_line() {
+    if (progress_bar_) std::printf("\n");
+  }
+
+ private:
+  std::ofstream metrics_;
+  int64_t steps_;
+  bool progress_bar_;
+};
+
+// Forward + backward of --train.accum micro-batches; GradSync all-reduces buckets as their gradients
+// become ready, on the last micro-step only (earlier ones accumulate locally). The loss stays on the
+// device: reading it later is the step's one host sync.
+at::Tensor forward_backward(const TrainSettings& settings, const peft::MethodSet& methods, model::Backbone& backbone,
+                            const dist::EncodedDataset& train, dist::DistributedSampler& sampler,
+                            dist::GradSync& grad_sync, const c10::Device& device) {
+  at::Tensor loss_sum;
+  for (int64_t micro = 0; micro < settings.accum; ++micro) {
+    model::Batch batch =
+        model::batch_to(dist::collate(train, sampler.next_batch(settings.batch_size), settings.pad_to), device);
+    grad_sync.set_sync(micro == settings.accum - 1);
+    auto out = methods.forward(backbone, batch);
+    auto loss = out.loss / static_cast<double>(settings.accum);
+    loss.backward();
+    loss_sum = loss_sum.defined() ? loss_sum + loss.detach() : loss.detach();
+  }
+  grad_sync.finish();
+  return loss_sum;
+}
+
+// The loss averaged over ranks (one float; not counted in bytes_allreduced). The preemption flag rides on
+// the same all-reduce: set when any rank got SIGUSR1/SIGTERM.
+struct LossAndPreemption {
+  double loss = 0;
+  bool preempted = false;
+};
+
+LossAndPreemption average_loss(Session& session, const at::Tensor& loss_sum) {
+  at::Tensor both = at::zeros({2}, at::kDouble);
+  both[0] = loss_sum.item<double>();
+  both[1] = dist::preemption_requested() ? 1.0 : 0.0;
+  session.cpu_comm().all_reduce(both, {comm::ReduceOp::Average})->wait();
+  return {both[0].item<double>(), both[1].item<double>() > 0};
+}
+
+// A fingerprint of the learned values, comparable across world sizes (tests use it).
+nlohmann::json final_record(int64_t steps, const std::vector<peft::Trainable>& trainables) {
+  double l2 = 0, sum = 0;
+  for (const auto& t : trainables) {
+    l2 += t.tensor.detach().to(at::kDouble).pow(2).sum().item<double>();
+    sum += t.tensor.detach().to(at::kDouble).sum().item<double>();
+  }
+  return {{"step", steps}, {"final", true}, {"trainable_l2", std::sqrt(l2)}, {"trainable_sum", sum}};
+}
+
 int run_train(const po::variables_map& vm) {
   // ---- set-up: ranks, threads, the resolved config printed once --------------------------------
-  const std::string out_dir = vm.count("out") ? vm["out"].as<std::string>() : "";
-  const int64_t ckpt_every = vm["ckpt.every"].as<int64_t>(), ckpt_keep = vm["ckpt.keep"].as<int64_t>();
+  const TrainSettings settings = read_settings(vm);
   dist::install_preemption_handlers();  // SIGUSR1/SIGTERM only set a flag, agreed at step boundaries
-  SessionOptions session_options;
-  session_options.backend = vm["dist.backend"].as<std::string>();
-  session_options.log_all_ranks = vm["log-all-ranks"].as<bool>();
-  session_options.threads = vm["threads"].as<int>();
-  session_options.device = vm["device"].as<std::string>();
-  Session session(session_options);
+  Session session(session_options(vm));
   const c10::Device device = session.device();
   comm::Communicator& comm = session.comm();
   const int rank = comm.rank(), world = comm.size();
-
   po::options_description desc;
   train_subcommand().add_options(desc);
   const std::string resolved_config = render_config(desc, vm);
@@ -91,173 +399,35 @@ int run_train(const po::variables_map& vm) {
   log::info("placement: {}", describe_hosts(gather_placement(session.cpu_comm())));
   log::info("resolved config:\n{}", resolved_config);
 
-  const auto frozen_dtype = model::frozen_dtype(vm["train.dtype"].as<std::string>());  // before any loading
-  const auto seed = vm["train.seed"].as<uint64_t>();
-  const auto steps = vm["train.steps"].as<int64_t>();
-  const auto batch_size = vm["train.batch-size"].as<int64_t>();
-  const auto accum = vm["train.accum"].as<int64_t>();
-  const auto eval_every = vm["train.eval-every"].as<int64_t>();
-  if (steps <= 0 || batch_size <= 0 || accum <= 0) {
-    throw_usage_error("--train.steps, --train.batch-size and --train.accum must be positive");
-  }
-
-  // ---- model, data, method ------------------------------------------------------------------------------
+  // ---- model, data, methods -------------------------------------------------------------------------
   const dist::TaskInfo& task = dist::glue_task(vm["task"].as<std::string>());
-  torch::manual_seed(seed);  // the same initial trainable values on every rank (checked below)
-  TaskModel task_model = load_task_model(vm["model"].as<std::string>(), vm["tokenizer"].as<std::string>(), task);
-  auto& backbone = task_model.backbone;
-  auto& tokenizer = task_model.tokenizer;
-  const model::ModelConfig& config = backbone->config();
-  // The frozen weights go to this rank's device once (mapped from the file, then copied), cast to
-  // --train.dtype bf16 if asked; the Fisher pass and the methods' set-up then run where they will train.
-  if (frozen_dtype && config.arch != model::Arch::T5) {
-    throw_usage_error("--train.dtype bf16 is implemented for T5 backbones (norms, softmax and loss in fp32); "
-                      "use fp32 for " + config.name);
-  }
-  model::backbone_to(*backbone, device, frozen_dtype);
-  // ---- data: every rank reads and tokenizes; the sampler gives each its shard ----------------------
-  auto t0 = Clock::now();
-  const auto encode = dist::encode_options_for(config, task.name, vm["train.max-len"].as<int64_t>());
-  const auto data_dir = vm["data"].as<std::string>();
-  const dist::EncodedDataset train_data = dist::encode_all(dist::read_glue(data_dir, task.name, "train"), *tokenizer, encode);
-  const dist::EncodedDataset dev_data =
-      load_dev_set(data_dir, task, *tokenizer, encode, vm["train.eval-max"].as<int64_t>());
-  log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", train_data.size(), dev_data.size(),
-            task.name, seconds_since(t0));
-  const peft::MethodSet methods = peft::MethodSet::from_options(vm);
-  // FISH's Fisher samples: training examples in an order drawn from `seed` (--fish.seed at start,
-  // shifted by the step at each --fish.refresh-every).
-  auto fisher_samples = [&train_data](uint64_t seed) -> sparse::SampleFn {
-    auto order = std::make_shared<std::vector<int64_t>>(dist::portable_permutation(train_data.size(), seed));
-    return [&train_data, order](const std::vector<int64_t>& ids) {
-      std::vector<int64_t> rows;
-      for (int64_t i : ids) rows.push_back(order->at(i));
-      return dist::collate(train_data, rows);
-    };
-  };
-  std::vector<sparse::FishMethod*> refreshed_fish;  // FISH methods whose mask moves during training
-  for (const auto& m : methods.methods()) {
-    auto* fish = dynamic_cast<sparse::FishMethod*>(m.get());
-    if (fish && fish->options().refresh_every > 0) refreshed_fish.push_back(fish);
-  }
-  if (!refreshed_fish.empty() && vm.count("resume")) {
-    // The mask moved during the run being resumed: continue with the checkpoint's mask. Rank 0 chooses
-    // the checkpoint and every rank reads that one file, so all ranks restore the same mask (the
-    // start-up agreement then compares its hash, and the resume below validates the file).
-    if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), out_dir, nullptr)) {
-      sparse::restore_indices(methods, stored_indices(point->state.indices), config);
-    }
-  }
-  if (sparse::needs_data(methods)) {
-    // FISH without --fish.mask: the Fisher mask is computed now, over training samples sharded
-    // across ranks (the same computation as `deltatune mask`), before the method attaches.
-    sparse::prepare_fish(methods, *backbone, fisher_samples(vm["fish.seed"].as<uint64_t>()), train_data.size(), comm);
-  }
-  const std::vector<peft::Trainable> trainables = methods.apply(*backbone);
-  methods.to(device, trainables);  // created on the host (same initial values on any device), moved once
-  if (vm.count("init-from")) {
-    // Every rank reads the adapter (the start-up agreement below then checks they hold the same values).
-    const PeftLayout layout = peft_layout(methods, *backbone, trainables, vm, vm["model"].as<std::string>());
-    const int64_t values = load_peft_adapter(vm["init-from"].as<std::string>(), layout, trainables);
-    log::info("init-from {}: {} values of {} tensors from the HF PEFT {} adapter", vm["init-from"].as<std::string>(),
-              with_commas(values), layout.tensors.size(), layout.config["peft_type"].get<std::string>());
-  }
-  int64_t trainable_params = 0, backbone_params = 0;
-  for (const auto& t : trainables) trainable_params += t.tensor.numel();
-  std::vector<at::Tensor> frozen;
-  for (const auto& [name, tensor] : backbone->named_parameters()) {
-    backbone_params += tensor.numel();
-    if (!tensor.requires_grad()) frozen.push_back(tensor);
-  }
-  // "all params" counts the backbone and every tensor a method added (as HF PEFT counts them).
-  int64_t added_params = 0;
-  for (const auto& t : trainables) {
-    bool in_backbone = false;
-    for (const auto& [name, tensor] : backbone->named_parameters()) in_backbone |= name == t.name;
-    if (!in_backbone) added_params += t.tensor.numel();
-  }
-  log::info("{}", peft::accounting_line(trainable_params, backbone_params + added_params));
-  {
-    std::map<std::string, int64_t> per_method;
-    for (const auto& t : trainables) per_method[t.method] += t.tensor.numel();
-    for (const auto& [method, n] : per_method) log::info("  {}: {} trainable", method, n);
-  }
-
-  // ---- start-up agreement: same config, backbone, trainable set and initial values everywhere -----
-  std::vector<at::Tensor> trainable_tensors;
+  TaskModel task_model = load_model(vm, task, device, settings.seed);
+  model::Backbone& backbone = *task_model.backbone;
+  const model::ModelConfig& config = backbone.config();
+  const TrainData data = load_data(vm, task, task_model);
+  const peft::MethodSet methods = method_set_from(vm);
+  const std::vector<peft::Trainable> trainables = attach_methods(vm, settings, methods, backbone, data, session);
+  log_parameter_counts(backbone, trainables);
   dist::NamedTensors named_trainables;
-  for (const auto& t : trainables) {
-    trainable_tensors.push_back(t.tensor);
-    named_trainables.emplace_back(t.name, t.tensor);
-  }
-  const std::string frozen_hash = dist::hash_hex(dist::hash_tensors(frozen));
-  dist::agree_or_throw(session.cpu_comm(),
-                       {{"config", resolved_config},
-                        {"backbone", config.name + ":" + frozen_hash},
-                        {"method", methods.describe()},
-                        {"trainable tensors", shapes_text(trainables)},
-                        {"initial trainable values", dist::hash_hex(dist::hash_tensors(trainable_tensors))}});
+  for (const auto& t : trainables) named_trainables.emplace_back(t.name, t.tensor);
 
+  // ---- start-up agreement, sampler, GradSync, optimizer -----------------------------------------------
+  const std::string backbone_hash = frozen_hash(backbone);
+  agree_at_start_up(session, resolved_config, config, backbone_hash, methods, trainables);
   dist::SamplerOptions sampler_options;
-  sampler_options.seed = seed;
-  dist::DistributedSampler sampler(train_data.size(), rank, world, sampler_options);
-
-  // ---- GradSync + optimizer --------------------------------------------------------------------------
-  dist::GradSyncOptions sync_options;
-  sync_options.bucket_cap_mb = vm["dist.bucket-mb"].as<double>();
-  // DDP's small first bucket (1 MiB) starts communication early; never larger than the cap itself.
-  sync_options.first_bucket_cap_mb = std::min(1.0, sync_options.bucket_cap_mb);
-  sync_options.compress = dist::parse_compression(vm["dist.compress"].as<std::string>());
-  sync_options.check_finite = vm["dist.check-finite"].as<bool>();
-  dist::GradSync grad_sync(comm, named_trainables, sync_options);
-  for (const auto& m : methods.methods()) {
-    // --fish.dense-sync: the DDP-style baseline, same values, the masked tensors' whole size on the wire.
-    auto* fish = dynamic_cast<sparse::FishMethod*>(m.get());
-    if (fish == nullptr || !fish->options().dense_sync) continue;
-    if (sync_options.compress != dist::Compression::None) {
-      throw_usage_error("--fish.dense-sync all-reduces fp32 tensors: it excludes --dist.compress");
-    }
-    size_t index = 0;
-    while (index < named_trainables.size() && named_trainables[index].first != "fish.values") ++index;
-    DT_CHECK(index < named_trainables.size(), "--fish.dense-sync: no fish.values among the trainables");
-    auto [positions, numel] = fish->dense_positions(config);
-    grad_sync.set_comm_hook(dist::make_dense_scatter_hook({{index, dist::DenseScatter{positions, numel}}}));
-    log::info("fish.dense-sync: fish.values ({} values) travels inside its eligible tensors whole: {} floats a step",
-              with_commas(positions.numel()), with_commas(numel));
-  }
-  log::info("gradsync: {} bucket(s), {} bytes of gradients per step", grad_sync.buckets().size(), grad_sync.grad_bytes());
-  dist::OptimizerOptions optimizer_options;
-  optimizer_options.name = vm["train.optimizer"].as<std::string>();
-  optimizer_options.adamw.weight_decay = vm["train.weight-decay"].as<double>();
-  optimizer_options.adafactor.weight_decay = optimizer_options.adamw.weight_decay;
-  auto optimizer = dist::make_optimizer(named_trainables, optimizer_options);
-  dist::LrSchedule schedule;
-  schedule.kind = dist::parse_lr_schedule(vm["train.schedule"].as<std::string>());
-  schedule.base_lr = vm["train.lr"].as<double>();
-  schedule.warmup_steps = vm["train.warmup-steps"].as<int64_t>();
-  schedule.total_steps = steps;
-  const double clip = vm["train.clip"].as<double>();
+  sampler_options.seed = settings.seed;
+  dist::DistributedSampler sampler(data.train.size(), rank, world, sampler_options);
+  const auto grad_sync = make_grad_sync(vm, comm, named_trainables, methods, config);
+  const auto optimizer = optimizer_for(vm, named_trainables);
+  const dist::LrSchedule schedule = lr_schedule(vm, settings);
 
   // ---- checkpoint identity + resume ------------------------------------------------------------------
-  dist::CheckpointState identity;  // what a checkpoint must match to be resumed here
-  identity.backbone.name = config.name;
-  identity.backbone.config = nlohmann::json(model::config_metadata(config)).dump();
-  const std::string model_arg = vm["model"].as<std::string>();
-  // Hashing a multi-GB weights file takes tens of seconds: only when checkpoints are written or read.
-  const bool checkpointing = !out_dir.empty() || vm.count("resume");
-  if (checkpointing && rank == 0 && std::filesystem::is_regular_file(model_arg)) {
-    identity.backbone.weights_sha256 = dist::sha256_file(model_arg);
-  }
-  identity.backbone.tensors_hash = frozen_hash;
-  identity.method = methods.describe();
-  identity.optimizer = optimizer->name();
-  identity.config_ini = resolved_config;
-  identity.trainables = named_trainables;
-  // Sparse methods' fixed indices travel with the values (and a resume refuses another mask).
-  identity.indices = checkpoint_indices(methods);
+  dist::CheckpointState identity = checkpoint_identity(vm, settings, rank, config, backbone_hash, methods, *optimizer,
+                                                       resolved_config, named_trainables);
   int64_t first_step = 1;
   if (vm.count("resume")) {
-    if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), out_dir, &identity)) {
+    if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), settings.out_dir,
+                                             &identity)) {
       dist::apply_training_state(point->state, named_trainables, *optimizer, sampler, rank);
       first_step = point->state.step + 1;
       log::info("resumed from {} (step {})", point->path, point->state.step);
@@ -266,123 +436,79 @@ int run_train(const po::variables_map& vm) {
   auto save_checkpoint = [&](int64_t step, double lr) {
     dist::CheckpointState s = dist::capture_training_state(step, named_trainables, *optimizer, sampler);
     s.lr = lr;
-    s.schedule = fmt::format("{} base_lr={} warmup={} total={}", vm["train.schedule"].as<std::string>(),
-                             schedule.base_lr, schedule.warmup_steps, schedule.total_steps);
+    s.schedule = fmt::format("{} base_lr={} warmup={} total={}", settings.schedule_name, schedule.base_lr,
+                             schedule.warmup_steps, schedule.total_steps);
     s.config_ini = identity.config_ini;
     s.method = identity.method;
     s.backbone = identity.backbone;
     s.indices = identity.indices;
-    log::info("checkpoint {}", dist::save_checkpoint(session.cpu_comm(), out_dir, std::move(s), ckpt_keep));
+    log::info("checkpoint {}", dist::save_checkpoint(session.cpu_comm(), settings.out_dir, std::move(s),
+                                                     settings.ckpt_keep));
   };
-
-  std::ofstream metrics;
-  if (vm.count("metrics") && rank == 0) {
-    metrics.open(vm["metrics"].as<std::string>(), std::ios::app);
-    if (!metrics) throw_usage_error("--metrics: cannot write '" + vm["metrics"].as<std::string>() + "'");
-  }
-  auto write_metrics = [&](const nlohmann::json& j) {
-    if (metrics.is_open()) metrics << j.dump() << "\n" << std::flush;
-  };
-  // A bar only for a person at a terminal: mpirun gives ranks a pty for stdout but a pipe for stderr,
-  // so under a launcher (and in batch logs) plain lines are written instead.
-  const bool progress_bar = rank == 0 && isatty(STDOUT_FILENO) && isatty(STDERR_FILENO);
-  const int64_t eval_batch = vm["train.eval-batch-size"].as<int64_t>();
-  const int64_t pad_to = vm["train.pad-to"].as<int64_t>();
+  StepLog step_log(vm, rank, settings.steps);
 
   // ---- the loop ---------------------------------------------------------------------------------
-  backbone->set_training(true);
+  backbone.set_training(true);
   double last_loss = 0;
   model::reset_device_peak(device);
-  for (int64_t step = first_step; step <= steps; ++step) {
+  for (int64_t step = first_step; step <= settings.steps; ++step) {
     const auto step_start = Clock::now();
-    // forward + backward; GradSync all-reduces buckets as their gradients become ready, on the last
-    // micro-step only (earlier ones accumulate locally). The loss stays on the device until the step
-    // is queued: reading it is the step's one host sync.
-    at::Tensor loss_sum;
-    for (int64_t micro = 0; micro < accum; ++micro) {
-      model::Batch batch = model::batch_to(
-          dist::collate(train_data, sampler.next_batch(batch_size), pad_to), device);
-      grad_sync.set_sync(micro == accum - 1);
-      auto out = methods.forward(*backbone, batch);
-      auto loss = out.loss / static_cast<double>(accum);
-      loss.backward();
-      loss_sum = loss_sum.defined() ? loss_sum + loss.detach() : loss.detach();
-    }
-    grad_sync.finish();
-    const dist::GradSyncStats stats = grad_sync.last_stats();
+    const at::Tensor loss_sum = forward_backward(settings, methods, backbone, data.train, sampler, *grad_sync, device);
+    const dist::GradSyncStats stats = grad_sync->last_stats();
 
     // step: gradients are identical on every rank now, so clipping needs no communication.
-    const double grad_norm = clip > 0 ? dist::clip_grad_norm(named_trainables, clip) : 0.0;
+    const double grad_norm = settings.clip > 0 ? dist::clip_grad_norm(named_trainables, settings.clip) : 0.0;
     const double lr = schedule.lr(step - 1);  // HF's convention: steps already taken
     optimizer->step(lr);
-    grad_sync.zero_grad();
+    grad_sync->zero_grad();
 
-    // FISH --fish.refresh-every: a new mask of the same count; values and optimizer state follow
-    // the indices both masks hold, and checkpoints from now on store the new indices.
-    for (auto* fish : refreshed_fish) {
-      if (step % fish->options().refresh_every != 0 || step == steps) continue;
-      const auto carry = fish->refresh(*backbone, fisher_samples(vm["fish.seed"].as<uint64_t>() + step),
-                                       train_data.size(), comm);
-      optimizer->permute_state("fish.values", carry);
+    // Indices that move (FISH --fish.refresh-every): a new mask of the same count; values and optimizer
+    // state follow the indices both masks hold, and checkpoints from now on store the new indices.
+    for (const auto& m : methods.methods()) {
+      if (m->refresh_every() <= 0 || step % m->refresh_every() != 0 || step == settings.steps) continue;
+      const peft::IndexRefresh moved = m->refresh(backbone, training_data(data.train, settings.fish_seed + step), comm);
+      optimizer->permute_state(moved.trainable, moved.carry);
       identity.indices = checkpoint_indices(methods);
       identity.method = methods.describe();  // its mask hash: a resume compares it
     }
 
-    // log: the loss averaged over ranks (one float; not counted in bytes_allreduced).
-    // The preemption flag rides on the loss all-reduce: > 0 when any rank got SIGUSR1/SIGTERM.
-    at::Tensor loss_all = at::zeros({2}, at::kDouble);
-    loss_all[0] = loss_sum.item<double>();
-    loss_all[1] = dist::preemption_requested() ? 1.0 : 0.0;
-    session.cpu_comm().all_reduce(loss_all, {comm::ReduceOp::Average})->wait();
-    last_loss = loss_all[0].item<double>();
-    const bool preempted = loss_all[1].item<double>() > 0;
+    // log
+    const LossAndPreemption agreed = average_loss(session, loss_sum);
+    last_loss = agreed.loss;
     const double step_time = seconds_since(step_start);
     nlohmann::json record = {{"step", step}, {"loss", last_loss}, {"lr", lr}, {"step_time_s", step_time},
                              {"bytes_allreduced", stats.bytes}, {"collectives", stats.collectives},
                              {"exposed_comm_s", stats.exposed_comm_s}, {"grad_norm", grad_norm}};
     // The most GPU memory the caching allocator held since training began (weights included).
     if (device.is_cuda()) record["device_peak_bytes"] = model::device_peak_bytes(device);
-    write_metrics(record);
-    if (progress_bar) {
-      const int width = 30, done = static_cast<int>(width * step / steps);
-      std::printf("\r[%.*s%*s] step %lld/%lld loss %.4f lr %.2e %.0f ms", done,
-                  "==============================", width - done, "", static_cast<long long>(step),
-                  static_cast<long long>(steps), last_loss, lr, step_time * 1e3);
-      std::fflush(stdout);
-    } else {
-      log::info("step {:5d}/{} | loss {:.6f} | lr {:.3e} | {:.1f} ms | allreduced {} B in {} collective(s), "
-                "exposed {:.2f} ms", step, steps, last_loss, lr, step_time * 1e3, stats.bytes, stats.collectives,
-                stats.exposed_comm_s * 1e3);
-    }
+    step_log.write(record);
+    step_log.step(step, last_loss, lr, step_time, stats);
 
     // eval at intervals and at the end.
-    if ((eval_every > 0 && step % eval_every == 0) || step == steps) {
-      const Evaluation e = evaluate(methods, *backbone, dev_data, task.num_labels, eval_batch, comm);
-      if (progress_bar) std::printf("\n");
-      write_metrics(eval_record(step, e, task));
+    if ((settings.eval_every > 0 && step % settings.eval_every == 0) || step == settings.steps) {
+      const Evaluation e = evaluate(methods, backbone, data.dev, task.num_labels, settings.eval_batch, comm);
+      step_log.end_bar_line();
+      step_log.write(eval_record(step, e, task));
       log::info("eval step {}: dev accuracy {:.4f}{} on {} examples ({:.1f} s)", step, e.metrics.accuracy,
                 task.metric == dist::MetricKind::Mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "",
                 e.metrics.count, e.seconds);
     }
 
     // checkpoint: every --ckpt.every steps, at the end, and on preemption (then exit 75).
-    if (!out_dir.empty() && (preempted || step == steps || (ckpt_every > 0 && step % ckpt_every == 0))) {
+    const bool periodic = settings.ckpt_every > 0 && step % settings.ckpt_every == 0;
+    if (!settings.out_dir.empty() && (agreed.preempted || step == settings.steps || periodic)) {
       save_checkpoint(step, lr);
     }
-    if (preempted) {
+    if (agreed.preempted) {
       log::info("preempted at step {}: {}, exiting {}", step,
-                out_dir.empty() ? "no --out, so nothing was saved" : "checkpoint written", dist::kPreemptedExitCode);
+                settings.out_dir.empty() ? "no --out, so nothing was saved" : "checkpoint written",
+                dist::kPreemptedExitCode);
       return dist::kPreemptedExitCode;
     }
   }
-  // A fingerprint of the learned values, comparable across world sizes (tests use it).
-  double l2 = 0, sum = 0;
-  for (const auto& t : trainables) {
-    l2 += t.tensor.detach().to(at::kDouble).pow(2).sum().item<double>();
-    sum += t.tensor.detach().to(at::kDouble).sum().item<double>();
-  }
-  write_metrics({{"step", steps}, {"final", true}, {"trainable_l2", std::sqrt(l2)}, {"trainable_sum", sum}});
-  log::info("done: final loss {:.6f}, trainable values L2 {:.6f}", last_loss, std::sqrt(l2));
+  const nlohmann::json fingerprint = final_record(settings.steps, trainables);
+  step_log.write(fingerprint);
+  log::info("done: final loss {:.6f}, trainable values L2 {:.6f}", last_loss, fingerprint["trainable_l2"].get<double>());
   return 0;
 }
 

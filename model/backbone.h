@@ -48,6 +48,13 @@ class Backbone {
   virtual std::vector<SiteInfo> sites() const = 0;
   virtual ForwardResult forward(const Batch& batch, const ForwardOptions& options = {}) = 0;
   virtual void set_training(bool training) = 0;  // dropout on/off
+  // Classes of the task head (0: none, e.g. a Llama LM or a BERT encoder without a head).
+  virtual int64_t num_labels() const = 0;
+  // Classification by label words (T5): the first token id of each class's word, given once the
+  // tokenizer is known; the forward scores those vocabulary entries. Other backbones have none.
+  virtual bool reads_label_words() const { return false; }
+  virtual void set_label_token_ids(std::vector<int64_t> ids);
+  virtual const std::vector<int64_t>& label_token_ids() const;
   HookSet& hooks() { return hooks_; }
   const HookSet& hooks() const { return hooks_; }
 

@@ -29,7 +29,7 @@ class BertBackbone : public Backbone {
   std::vector<SiteInfo> sites() const override;
   ForwardResult forward(const Batch& batch, const ForwardOptions& options = {}) override;
   void set_training(bool training) override;
-  int64_t num_labels() const;
+  int64_t num_labels() const override;
 
  private:
   struct Impl;

@@ -53,7 +53,7 @@ class LlamaBackbone final : public Backbone {
   ForwardResult forward(const Batch& batch, const ForwardOptions& options = {}) override;
   void set_training(bool training) override { training_ = training; }  // no dropout in Llama
 
-  int64_t num_labels() const { return num_labels_; }
+  int64_t num_labels() const override { return num_labels_; }
   // Replaces a parameter's data with `value` (same shape; converted to float when needed, otherwise
   // not copied, so a mapped view stays a view). Throws dt::Error naming the parameter on mismatch.
   void set_parameter(const std::string& name, const at::Tensor& value);

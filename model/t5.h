@@ -50,10 +50,11 @@ class T5Backbone : public Backbone {
   void set_training(bool training) override;
 
   // First token id of each class's label word (e.g. SST-2: "negative", "positive"), num_labels of them.
-  void set_label_token_ids(std::vector<int64_t> ids);
-  const std::vector<int64_t>& label_token_ids() const;
+  bool reads_label_words() const override { return head() == T5Head::LabelWords; }
+  void set_label_token_ids(std::vector<int64_t> ids) override;
+  const std::vector<int64_t>& label_token_ids() const override;
   T5Head head() const;
-  int64_t num_labels() const;
+  int64_t num_labels() const override;
 
  private:
   struct Impl;

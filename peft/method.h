@@ -11,25 +11,63 @@
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
-#include <boost/program_options/options_description.hpp>
-#include <boost/program_options/variables_map.hpp>
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "model/backbone.h"
 #include "model/config.h"
+#include "peft/options.h"
+
+namespace dt::comm {
+class Communicator;  // methods that compute from data (FISH's Fisher) do so collectively
+}
 
 namespace dt::peft {
-
-namespace po = boost::program_options;
 
 struct Trainable {
   std::string name;   // e.g. "model.layers.0.self_attn.q_proj.lora_A.weight"
   at::Tensor tensor;  // a leaf with requires_grad
   std::string method;  // the method that created (or unfroze) it
+};
+
+// Training examples as a method may read them before or during training: rows by sample id
+// (0..available-1, in an order the caller fixed; each rank gets the ids it asks for).
+struct TrainingData {
+  std::function<model::Batch(const std::vector<int64_t>& ids)> sample;
+  int64_t available = 0;
+};
+
+// The sorted flat indices of one frozen weight that a sparse method's values live at (FISH's mask,
+// DSEE's sparse support): what a checkpoint stores beside the values.
+struct FixedIndices {
+  std::string weight;
+  std::vector<int64_t> shape;
+  at::Tensor indices;  // int64, 1-D, strictly increasing
+};
+
+// What a sparse method adds to `plan`: the pool its indices are chosen from and their storage bytes.
+struct IndexAccounting {
+  int64_t eligible_params = 0;
+  int64_t index_bytes = 0;
+};
+
+// --fish.dense-sync style baseline: the trainable's values travel inside the dense tensors they index
+// (flat positions, one per value, in a buffer of `numel` floats), as DDP would move a masked tensor.
+struct DenseSync {
+  std::string trainable;
+  at::Tensor positions;
+  int64_t numel = 0;
+};
+
+// What a refresh of a method's indices did to `trainable`: per position of its new values, the old
+// position (-1: new), so the optimizer state follows the values.
+struct IndexRefresh {
+  std::string trainable;
+  std::vector<int64_t> carry;
 };
 
 class Method {
@@ -66,14 +104,38 @@ class Method {
   // method that keeps other tensors (a FISH mask's indices on the device, LST's side network with
   // its frozen tables) moves them here.
   virtual void to(const c10::Device& device) {}
+
+  // ---- what sparse methods can do (FISH, DSEE); the defaults are those of a dense method --------
+  // Plan accounting of the indices (nullopt: not a sparse method).
+  virtual std::optional<IndexAccounting> index_accounting(const model::ModelConfig& config) const {
+    return std::nullopt;
+  }
+  // After attach(): the fixed indices the trainable values live at, per weight.
+  virtual std::vector<FixedIndices> fixed_indices() const { return {}; }
+  // Before attach(): the indices a checkpoint stored for this method (eval/export from a checkpoint, a
+  // resume whose indices moved). A method whose indices come from data takes them instead of computing
+  // them; one that recomputes its own deterministically (DSEE) ignores them (the checkpoint's
+  // validation compares them).
+  virtual void use_stored_indices(std::vector<FixedIndices> stored) {}
+  // Whether attach() needs prepare() first (FISH's Fisher mask without --fish.mask), and prepare itself:
+  // collective, every rank calls it with its communicator.
+  virtual bool needs_data() const { return false; }
+  virtual void prepare(model::Backbone& backbone, const TrainingData& data, comm::Communicator& comm) {}
+  // Indices that move during training (FISH --fish.refresh-every N): every N steps, refresh() moves
+  // them (collective) and says where the values went.
+  virtual int64_t refresh_every() const { return 0; }
+  virtual IndexRefresh refresh(model::Backbone& backbone, const TrainingData& data, comm::Communicator& comm);
+  // The DDP-style dense baseline of this method's gradient traffic, when asked for (--fish.dense-sync).
+  virtual std::optional<DenseSync> dense_sync(const model::ModelConfig& config) const { return std::nullopt; }
 };
 
 struct MethodInfo {
   std::string name;
   std::string summary;
-  // Declares the method's own section (--lora.r, ...). Called once for `--help` and parsing.
-  std::function<void(po::options_description&)> add_options;
-  std::function<std::unique_ptr<Method>(const po::variables_map&)> create;
+  // The method's own section (--lora.r, ...): launch/ declares them for `--help`, parsing and config files.
+  std::vector<OptionSpec> options;
+  // Reads the parsed values into the method's options struct (checking them: UsageError) and creates it.
+  std::function<std::unique_ptr<Method>(const OptionValues&)> create;
 };
 
 // Registered methods by name; a second registration of a name throws. Built-ins are registered on
@@ -84,7 +146,9 @@ class Registry {
   void add(MethodInfo info);
   const MethodInfo& get(const std::string& name) const;  // UsageError listing the known names
   std::vector<std::string> names() const;
-  void add_all_options(po::options_description& desc) const;
+  std::vector<OptionSpec> all_options() const;  // every method's, in registration order
+  // The methods that can be merged into the backbone's weights, each asked (can_merge at its defaults).
+  std::vector<std::string> mergeable() const;
 
  private:
   std::vector<MethodInfo> methods_;
@@ -97,8 +161,8 @@ std::vector<model::TensorMeta> head_plan(const model::ModelConfig& config, int64
 // The methods of one `--method a+b` string, applied in order.
 class MethodSet {
  public:
-  static MethodSet from_options(const po::variables_map& vm);  // reads "method" and the sections
-  static MethodSet from_names(const std::string& spec, const po::variables_map& vm);
+  // The methods of `spec` ("lora+bitfit"), each created from its section of `values`.
+  static MethodSet from_names(const std::string& spec, const OptionValues& values);
 
   // Everything that will train (method tensors then the task head), from the config alone.
   std::vector<model::TensorMeta> plan(const model::ModelConfig& config, int64_t num_labels) const;
@@ -118,6 +182,11 @@ class MethodSet {
   // After apply(): every trainable tensor and every method's own tensors to `device` (methods create
   // their tensors on the host, with the host's generator, so the initial values do not depend on it).
   void to(const c10::Device& device, const std::vector<Trainable>& trainables) const;
+  // Before apply(): whether some method needs prepare(), and prepare every such method (collective).
+  bool needs_data() const;
+  void prepare(model::Backbone& backbone, const TrainingData& data, comm::Communicator& comm) const;
+  // Whether some method's indices move during training (Method::refresh_every).
+  bool refreshes_indices() const;
 
  private:
   std::vector<std::unique_ptr<Method>> methods_;

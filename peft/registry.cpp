@@ -1,5 +1,6 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <set>
 #include <sstream>
@@ -53,10 +54,18 @@ std::vector<std::string> Registry::names() const {
   return out;
 }
 
-void Registry::add_all_options(po::options_description& desc) const {
+std::vector<OptionSpec> Registry::all_options() const {
+  std::vector<OptionSpec> out;
+  for (const auto& m : methods_) out.insert(out.end(), m.options.begin(), m.options.end());
+  return out;
+}
+
+std::vector<std::string> Registry::mergeable() const {
+  std::vector<std::string> out;
   for (const auto& m : methods_) {
-    if (m.add_options) m.add_options(desc);
+    if (m.create(OptionValues::defaults(m.options))->can_merge()) out.push_back(m.name);
   }
+  return out;
 }
 
 std::vector<model::TensorMeta> head_plan(const model::ModelConfig& config, int64_t num_labels) {
@@ -85,17 +94,13 @@ std::vector<std::string> split_plus(const std::string& spec) {
 }
 }  // namespace
 
-MethodSet MethodSet::from_options(const po::variables_map& vm) {
-  return from_names(vm["method"].as<std::string>(), vm);
-}
-
-MethodSet MethodSet::from_names(const std::string& spec, const po::variables_map& vm) {
+MethodSet MethodSet::from_names(const std::string& spec, const OptionValues& values) {
   MethodSet set;
   std::set<std::string> seen;
   std::string forward_owner;
   for (const auto& name : split_plus(spec)) {
     if (!seen.insert(name).second) throw_usage_error("--method '" + spec + "' names '" + name + "' twice");
-    set.methods_.push_back(Registry::global().get(name).create(vm));
+    set.methods_.push_back(Registry::global().get(name).create(values));
     if (set.methods_.back()->overrides_forward()) {
       if (!forward_owner.empty()) {
         throw_usage_error("--method '" + spec + "': '" + forward_owner + "' and '" + name +
@@ -112,6 +117,9 @@ void Method::merge(model::Backbone&) {
 }
 void Method::unmerge(model::Backbone&) {
   throw_usage_error("method '" + name() + "' cannot be merged into the backbone's weights");
+}
+IndexRefresh Method::refresh(model::Backbone&, const TrainingData&, comm::Communicator&) {
+  DT_FAIL("method '" + name() + "' has no indices to refresh (refresh_every() is 0)");
 }
 
 model::ForwardResult MethodSet::forward(model::Backbone& backbone, const model::Batch& batch,
@@ -132,8 +140,8 @@ bool MethodSet::can_merge() const {
 void MethodSet::merge(model::Backbone& backbone) const {
   for (const auto& m : methods_) {
     if (!m->can_merge()) {
-      throw_usage_error("method '" + m->name() + "' cannot be merged into the backbone's weights (mergeable: "
-                        "full, lora, ia3, fish, dsee)");
+      throw_usage_error("method '" + m->name() + "' cannot be merged into the backbone's weights (mergeable: " +
+                        fmt::format("{}", fmt::join(Registry::global().mergeable(), ", ")) + ")");
     }
   }
   for (const auto& m : methods_) m->merge(backbone);
@@ -149,6 +157,26 @@ void MethodSet::to(const c10::Device& device, const std::vector<Trainable>& trai
     model::move_tensor(tensor, device);
   }
   for (const auto& m : methods_) m->to(device);
+}
+
+bool MethodSet::needs_data() const {
+  for (const auto& m : methods_) {
+    if (m->needs_data()) return true;
+  }
+  return false;
+}
+
+void MethodSet::prepare(model::Backbone& backbone, const TrainingData& data, comm::Communicator& comm) const {
+  for (const auto& m : methods_) {
+    if (m->needs_data()) m->prepare(backbone, data, comm);
+  }
+}
+
+bool MethodSet::refreshes_indices() const {
+  for (const auto& m : methods_) {
+    if (m->refresh_every() > 0) return true;
+  }
+  return false;
 }
 
 std::vector<model::TensorMeta> MethodSet::plan(const model::ModelConfig& config, int64_t num_labels) const {

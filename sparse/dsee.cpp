@@ -4,7 +4,6 @@
 #include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <boost/algorithm/string.hpp>
-#include <boost/program_options.hpp>
 #include <fmt/format.h>
 
 #include <map>
@@ -19,7 +18,6 @@
 
 namespace dt::sparse {
 
-namespace po = boost::program_options;
 
 namespace {
 
@@ -93,15 +91,15 @@ at::Tensor grebsmo_support(const at::Tensor& w, int64_t rank, int64_t card, int 
   return idx;
 }
 
-DseeOptions dsee_options(const po::variables_map& vm) {
+DseeOptions dsee_options(const peft::OptionValues& values) {
   DseeOptions o;
-  o.rank = vm["dsee.rank"].as<int64_t>();
-  o.alpha = vm["dsee.alpha"].as<double>();
+  o.rank = values.get<int64_t>("dsee.rank");
+  o.alpha = values.get<double>("dsee.alpha");
   if (o.alpha == 0.0) o.alpha = static_cast<double>(o.rank);
-  o.sparse = vm["dsee.sparse"].as<int64_t>();
-  o.select = vm["dsee.select"].as<std::string>();
+  o.sparse = values.get<int64_t>("dsee.sparse");
+  o.select = values.get<std::string>("dsee.select");
   o.targets.clear();
-  boost::split(o.targets, vm["dsee.targets"].as<std::string>(), boost::is_any_of(","));
+  boost::split(o.targets, values.get<std::string>("dsee.targets"), boost::is_any_of(","));
   if (o.rank <= 0) throw_usage_error("--dsee.rank must be positive, got " + std::to_string(o.rank));
   if (o.sparse < 0) throw_usage_error("--dsee.sparse must be >= 0, got " + std::to_string(o.sparse));
   if (o.select != "grebsmo" && o.select != "magnitude") {
@@ -203,9 +201,14 @@ std::string DseeMethod::describe() const {
   return out + ")";
 }
 
-SparseAccounting DseeMethod::accounting(const model::ModelConfig& config) const {
-  SparseAccounting a;
-  a.sparse = true;
+std::vector<peft::FixedIndices> DseeMethod::fixed_indices() const {
+  std::vector<peft::FixedIndices> out;
+  for (const auto& e : support_.entries) out.push_back({e.name, e.shape, e.indices});
+  return out;
+}
+
+std::optional<peft::IndexAccounting> DseeMethod::index_accounting(const model::ModelConfig& config) const {
+  peft::IndexAccounting a;
   for (const auto& t : dsee_targets(config, options_)) {
     a.eligible_params += t.out * t.in;
     if (card_of(t, options_) > 0) a.index_bytes += index_bytes_bound(card_of(t, options_), t.out * t.in);
@@ -215,17 +218,19 @@ SparseAccounting DseeMethod::accounting(const model::ModelConfig& config) const 
 
 void register_dsee(peft::Registry& registry) {
   registry.add({"dsee", "DSEE: low-rank B·A plus a fixed sparse S (GreBsmo support) per projection",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("dsee.rank", po::value<int64_t>()->default_value(4), "rank r of B·A")
-                      ("dsee.alpha", po::value<double>()->default_value(0.0), "scale alpha / r (0: alpha = r, scale 1)")
-                      ("dsee.sparse", po::value<int64_t>()->default_value(128), "nonzeros of S per adapted weight")
-                      ("dsee.select", po::value<std::string>()->default_value("grebsmo"),
-                       "grebsmo (robust decomposition W ~ UV + S) | magnitude (largest |W|): where S lives")
-                      ("dsee.targets", po::value<std::string>()->default_value("q,v"),
-                       "comma-separated projections to adapt: q, k, v, o, wi, wo");
+                {
+                 {"dsee.rank", int64_t{4},
+                  "rank r of B·A"},
+                 {"dsee.alpha", double{0.0},
+                  "scale alpha / r (0: alpha = r, scale 1)"},
+                 {"dsee.sparse", int64_t{128},
+                  "nonzeros of S per adapted weight"},
+                 {"dsee.select", std::string("grebsmo"),
+                  "grebsmo (robust decomposition W ~ UV + S) | magnitude (largest |W|): where S lives"},
+                 {"dsee.targets", std::string("q,v"),
+                  "comma-separated projections to adapt: q, k, v, o, wi, wo"},
                 },
-                [](const po::variables_map& vm) { return std::make_unique<DseeMethod>(dsee_options(vm)); }});
+                [](const peft::OptionValues& values) { return std::make_unique<DseeMethod>(dsee_options(values)); }});
 }
 
 }  // namespace dt::sparse

@@ -2,7 +2,6 @@
 // method, its options, the mask it trains over, and plan accounting. See sparse/methods.h.
 #include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
-#include <boost/program_options.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -18,23 +17,22 @@
 
 namespace dt::sparse {
 
-namespace po = boost::program_options;
 
-FishOptions fish_options(const po::variables_map& vm) {
+FishOptions fish_options(const peft::OptionValues& values) {
   FishOptions o;
-  o.topk.keep = vm["fish.keep"].as<double>();
-  o.topk.count = vm["fish.count"].as<int64_t>();
-  o.topk.per_tensor = vm["fish.per-tensor"].as<bool>();
-  o.samples = vm["fish.samples"].as<int64_t>();
-  o.fisher.kind = parse_fisher_kind(vm["fish.fisher"].as<std::string>());
-  o.fisher.batch_size = vm["fish.batch-size"].as<int64_t>();
-  o.fisher.include = split_globs(vm["fish.include"].as<std::string>());
-  o.fisher.exclude = split_globs(vm["fish.exclude"].as<std::string>());
-  o.select = vm["fish.select"].as<std::string>();
-  if (vm.count("fish.mask")) o.mask_path = vm["fish.mask"].as<std::string>();
-  o.seed = vm["fish.seed"].as<uint64_t>();
-  o.refresh_every = vm["fish.refresh-every"].as<int64_t>();
-  o.dense_sync = vm["fish.dense-sync"].as<bool>();
+  o.topk.keep = values.get<double>("fish.keep");
+  o.topk.count = values.get<int64_t>("fish.count");
+  o.topk.per_tensor = values.get<bool>("fish.per-tensor");
+  o.samples = values.get<int64_t>("fish.samples");
+  o.fisher.kind = parse_fisher_kind(values.get<std::string>("fish.fisher"));
+  o.fisher.batch_size = values.get<int64_t>("fish.batch-size");
+  o.fisher.include = split_globs(values.get<std::string>("fish.include"));
+  o.fisher.exclude = split_globs(values.get<std::string>("fish.exclude"));
+  o.select = values.get<std::string>("fish.select");
+  if (values.has("fish.mask")) o.mask_path = values.get<std::string>("fish.mask");
+  o.seed = values.get<uint64_t>("fish.seed");
+  o.refresh_every = values.get<int64_t>("fish.refresh-every");
+  o.dense_sync = values.get<bool>("fish.dense-sync");
   if (o.dense_sync && o.refresh_every > 0) {
     throw_usage_error("--fish.dense-sync keeps the dense positions of a fixed mask: it excludes --fish.refresh-every");
   }
@@ -125,16 +123,13 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
 
 std::vector<EncodedIndices> encoded_indices(const peft::MethodSet& methods) {
   std::vector<EncodedIndices> out;
-  auto add = [&out](const std::string& method, const Mask& mask) {
-    for (const auto& e : mask.entries) {
-      const at::Tensor idx = e.indices.contiguous();
-      std::vector<int64_t> flat(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
-      out.push_back({method + ":" + e.name, encode_indices(flat, e.numel()), e.count(), e.numel()});
-    }
-  };
   for (const auto& m : methods.methods()) {
-    if (auto* fish = dynamic_cast<FishMethod*>(m.get()); fish && fish->mask()) add("fish", *fish->mask());
-    if (auto* dsee = dynamic_cast<DseeMethod*>(m.get())) add("dsee", dsee->support());
+    for (const auto& e : m->fixed_indices()) {
+      const at::Tensor idx = e.indices.to(at::kCPU, at::kLong).contiguous();
+      std::vector<int64_t> flat(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+      const int64_t numel = model::TensorMeta{e.weight, e.shape}.numel();
+      out.push_back({m->name() + ":" + e.weight, encode_indices(flat, numel), idx.numel(), numel});
+    }
   }
   return out;
 }
@@ -144,46 +139,27 @@ void restore_indices(const peft::MethodSet& methods, const std::vector<EncodedIn
   std::map<std::string, std::vector<int64_t>> shapes;
   for (const auto& meta : model::describe(config)) shapes[meta.name] = meta.shape;
   for (const auto& m : methods.methods()) {
-    auto* fish = dynamic_cast<FishMethod*>(m.get());
-    if (!fish) continue;
-    Mask mask;
+    if (!m->index_accounting(config)) continue;  // a dense method stores no indices
+    const std::string prefix = m->name() + ":";
+    std::vector<peft::FixedIndices> stored;
     for (const auto& e : indices) {
-      if (e.name.rfind("fish:", 0) != 0) continue;
-      const std::string weight = e.name.substr(5);
+      if (e.name.rfind(prefix, 0) != 0) continue;
+      const std::string weight = e.name.substr(prefix.size());
       auto shape = shapes.find(weight);
       if (shape == shapes.end()) {
-        throw_usage_error("fish: the stored mask covers '" + weight + "', which " + config.name + " does not have");
+        throw_usage_error(m->name() + ": the stored indices cover '" + weight + "', which " + config.name +
+                          " does not have");
       }
       int64_t numel = 0;
       std::vector<int64_t> flat = decode_indices(e.bytes.data(), e.bytes.size(), &numel);
       const int64_t expected_numel = model::TensorMeta{weight, shape->second}.numel();
       if (numel != expected_numel || static_cast<int64_t>(flat.size()) != e.count) {
-        throw_usage_error(fmt::format("fish: the stored mask of '{}' has {} of {} entries; {} has {} entries there",
-                                      weight, flat.size(), numel, config.name, expected_numel));
+        throw_usage_error(fmt::format("{}: the stored indices of '{}' are {} of {} entries; {} has {} entries there",
+                                      m->name(), weight, flat.size(), numel, config.name, expected_numel));
       }
-      mask.entries.push_back({weight, shape->second, at::tensor(flat, at::kLong)});
+      stored.push_back({weight, shape->second, at::tensor(flat, at::kLong)});
     }
-    if (mask.entries.empty()) throw_usage_error("fish: the checkpoint stores no FISH mask (indices 'fish:*')");
-    fish->set_mask(std::move(mask));
-  }
-}
-
-bool needs_data(const peft::MethodSet& methods) {
-  for (const auto& m : methods.methods()) {
-    if (auto* fish = dynamic_cast<FishMethod*>(m.get()); fish && fish->needs_data()) return true;
-  }
-  return false;
-}
-
-void prepare_fish(const peft::MethodSet& methods, model::Backbone& backbone, const SampleFn& sample,
-                  int64_t available, comm::Communicator& comm) {
-  for (const auto& m : methods.methods()) {
-    auto* fish = dynamic_cast<FishMethod*>(m.get());
-    if (!fish || !fish->needs_data()) continue;
-    Mask mask = compute_fish_mask(backbone, sample, available, &comm, fish->options());
-    log::info("fish: mask of {} entries over {} tensors from the Fisher of {} samples (hash {})", mask.count(),
-              mask.entries.size(), mask.metadata["samples"], mask.hash_hex());
-    fish->set_mask(std::move(mask));
+    m->use_stored_indices(std::move(stored));
   }
 }
 
@@ -217,7 +193,7 @@ std::vector<peft::Trainable> FishMethod::attach(model::Backbone& backbone) {
     } else {
       throw_usage_error(
           "--method fish: the Fisher mask needs training data, which attaching the method does not get; compute it "
-          "first (`deltatune mask ... --fish.mask-out M` then --fish.mask M, or sparse::prepare_fish before apply), or "
+          "first (`deltatune mask ... --fish.mask-out M` then --fish.mask M, or MethodSet::prepare before apply), or "
           "use --fish.select magnitude|random");
     }
   }
@@ -253,8 +229,31 @@ std::vector<peft::Trainable> FishMethod::attach(model::Backbone& backbone) {
   return {{"fish.values", values_, "fish"}};
 }
 
-std::pair<at::Tensor, int64_t> FishMethod::dense_positions(const model::ModelConfig& config) const {
-  DT_CHECK(values_.defined() && mask_, "fish: dense_positions() needs an attached method");
+std::vector<peft::FixedIndices> FishMethod::fixed_indices() const {
+  std::vector<peft::FixedIndices> out;
+  if (mask_) {
+    for (const auto& e : mask_->entries) out.push_back({e.name, e.shape, e.indices});
+  }
+  return out;
+}
+
+void FishMethod::use_stored_indices(std::vector<peft::FixedIndices> stored) {
+  if (stored.empty()) throw_usage_error("fish: the checkpoint stores no FISH mask (indices 'fish:*')");
+  Mask mask;
+  for (auto& e : stored) mask.entries.push_back({std::move(e.weight), std::move(e.shape), std::move(e.indices)});
+  set_mask(std::move(mask));
+}
+
+void FishMethod::prepare(model::Backbone& backbone, const peft::TrainingData& data, comm::Communicator& comm) {
+  Mask mask = compute_fish_mask(backbone, data.sample, data.available, &comm, options_);
+  log::info("fish: mask of {} entries over {} tensors from the Fisher of {} samples (hash {})", mask.count(),
+            mask.entries.size(), mask.metadata["samples"], mask.hash_hex());
+  set_mask(std::move(mask));
+}
+
+std::optional<peft::DenseSync> FishMethod::dense_sync(const model::ModelConfig& config) const {
+  if (!options_.dense_sync) return std::nullopt;
+  DT_CHECK(values_.defined() && mask_, "fish: dense_sync() needs an attached method");
   // Every tensor the mask may choose from, end to end (FISH's DDP model has them all requiring grad);
   // the values sit in mask order, as set_layout() lays them out.
   std::map<std::string, int64_t> offset_of;
@@ -270,7 +269,7 @@ std::pair<at::Tensor, int64_t> FishMethod::dense_positions(const model::ModelCon
     parts.push_back(e.indices.to(at::kLong) + it->second);
   }
   at::Tensor positions = parts.empty() ? at::empty({0}, at::kLong) : at::cat(parts);
-  return {positions.to(values_.device()).contiguous(), total};
+  return peft::DenseSync{"fish.values", positions.to(values_.device()).contiguous(), total};
 }
 
 void FishMethod::set_layout() {
@@ -283,11 +282,11 @@ void FishMethod::set_layout() {
   }
 }
 
-std::vector<int64_t> FishMethod::refresh(model::Backbone& backbone, const SampleFn& sample, int64_t available,
-                                         comm::Communicator& comm) {
+peft::IndexRefresh FishMethod::refresh(model::Backbone& backbone, const peft::TrainingData& data,
+                                       comm::Communicator& comm) {
   DT_CHECK(values_.defined() && mask_ && !*merged_, "fish: refresh needs an attached, unmerged method");
   DT_CHECK(options_.refresh_every > 0, "fish: refresh without --fish.refresh-every (the hooks cover the mask only)");
-  Mask next = compute_fish_mask(backbone, sample, available, &comm, options_);
+  Mask next = compute_fish_mask(backbone, data.sample, data.available, &comm, options_);
   DT_CHECK(next.count() == mask_->count(), "fish: a refreshed mask has another count");
   // Both masks list sorted flat indices per tensor: merge them tensor by tensor.
   std::vector<int64_t> carry(static_cast<size_t>(next.count()), -1);
@@ -330,7 +329,7 @@ std::vector<int64_t> FishMethod::refresh(model::Backbone& backbone, const Sample
   log::info("fish: mask refreshed ({} of {} indices kept, hash {})", kept, next.count(), next.hash_hex());
   mask_ = std::make_shared<Mask>(std::move(next));
   set_layout();
-  return carry;
+  return {"fish.values", std::move(carry)};
 }
 
 void FishMethod::add_delta(model::Backbone& backbone, double sign) const {
@@ -371,9 +370,8 @@ std::string FishMethod::describe() const {
 
 // ---- accounting -------------------------------------------------------------------------------------
 
-SparseAccounting FishMethod::accounting(const model::ModelConfig& config) const {
-  SparseAccounting a;
-  a.sparse = true;
+std::optional<peft::IndexAccounting> FishMethod::index_accounting(const model::ModelConfig& config) const {
+  peft::IndexAccounting a;
   const auto tensors = eligible_tensors(config, options_.fisher.include, options_.fisher.exclude);
   a.eligible_params = model::total_params(tensors);
   if (mask_ || !options_.mask_path.empty()) {
@@ -399,46 +397,47 @@ SparseAccounting FishMethod::accounting(const model::ModelConfig& config) const 
 SparseAccounting sparse_accounting(const peft::MethodSet& methods, const model::ModelConfig& config) {
   SparseAccounting total;
   for (const auto& m : methods.methods()) {
-    SparseAccounting a;
-    if (const auto* fish = dynamic_cast<const FishMethod*>(m.get())) {
-      a = fish->accounting(config);
-    } else if (const auto* dsee = dynamic_cast<const DseeMethod*>(m.get())) {
-      a = dsee->accounting(config);
-    } else {
-      continue;
-    }
+    const auto a = m->index_accounting(config);
+    if (!a) continue;
     total.sparse = true;
-    total.eligible_params += a.eligible_params;
-    total.index_bytes += a.index_bytes;
+    total.eligible_params += a->eligible_params;
+    total.index_bytes += a->index_bytes;
   }
   return total;
 }
 
 void register_fish(peft::Registry& registry) {
   registry.add({"fish", "FISH: a fixed sparse mask by Fisher information; trains the k masked values only",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("fish.keep", po::value<double>()->default_value(0.005), "fraction of the eligible parameters to train")
-                      ("fish.count", po::value<int64_t>()->default_value(0), "train exactly this many (overrides --fish.keep)")
-                      ("fish.per-tensor", po::bool_switch(), "keep round(keep x size) in every tensor instead of a global top-k")
-                      ("fish.samples", po::value<int64_t>()->default_value(1024), "training examples the Fisher is summed over")
-                      ("fish.fisher", po::value<std::string>()->default_value("sample"),
-                       "sample: per-example squared gradients (FISH) | batch: squared batch-mean gradient x batch size")
-                      ("fish.batch-size", po::value<int64_t>()->default_value(16), "examples per backward with --fish.fisher batch")
-                      ("fish.include", po::value<std::string>()->default_value("*"),
-                       "comma-separated globs of the backbone tensors the mask is chosen from (HF names)")
-                      ("fish.exclude", po::value<std::string>()->default_value(""), "comma-separated globs to leave out")
-                      ("fish.select", po::value<std::string>()->default_value("fisher"),
-                       "fisher | magnitude (largest |W|) | random: how the mask is chosen")
-                      ("fish.mask", po::value<std::string>(), "a mask file from `deltatune mask` (instead of computing one)")
-                      ("fish.seed", po::value<uint64_t>()->default_value(0), "order of the Fisher samples; random selection")
-                      ("fish.refresh-every", po::value<int64_t>()->default_value(0),
-                       "recompute the Fisher mask every N steps, carrying values over for kept indices (0: fixed mask)")
-                      ("fish.dense-sync", po::bool_switch(),
-                       "baseline: all-reduce the masked tensors whole, zeros included, as FISH's own DDP code does "
-                       "(same result, ~1/keep times the bytes)");
+                {
+                 {"fish.keep", double{0.005},
+                  "fraction of the eligible parameters to train"},
+                 {"fish.count", int64_t{0},
+                  "train exactly this many (overrides --fish.keep)"},
+                 {"fish.per-tensor", false,
+                  "keep round(keep x size) in every tensor instead of a global top-k"},
+                 {"fish.samples", int64_t{1024},
+                  "training examples the Fisher is summed over"},
+                 {"fish.fisher", std::string("sample"),
+                  "sample: per-example squared gradients (FISH) | batch: squared batch-mean gradient x batch size"},
+                 {"fish.batch-size", int64_t{16},
+                  "examples per backward with --fish.fisher batch"},
+                 {"fish.include", std::string("*"),
+                  "comma-separated globs of the backbone tensors the mask is chosen from (HF names)"},
+                 {"fish.exclude", std::string(""),
+                  "comma-separated globs to leave out"},
+                 {"fish.select", std::string("fisher"),
+                  "fisher | magnitude (largest |W|) | random: how the mask is chosen"},
+                 {"fish.mask", std::string(),
+                  "a mask file from `deltatune mask` (instead of computing one)", /*has_default=*/false},
+                 {"fish.seed", uint64_t{0},
+                  "order of the Fisher samples; random selection"},
+                 {"fish.refresh-every", int64_t{0},
+                  "recompute the Fisher mask every N steps, carrying values over for kept indices (0: fixed mask)"},
+                 {"fish.dense-sync", false,
+                  "baseline: all-reduce the masked tensors whole, zeros included, as FISH's own DDP code does "
+                  "(same result, ~1/keep times the bytes)"},
                 },
-                [](const po::variables_map& vm) { return std::make_unique<FishMethod>(fish_options(vm)); }});
+                [](const peft::OptionValues& values) { return std::make_unique<FishMethod>(fish_options(values)); }});
 }
 
 void register_methods() {

@@ -9,7 +9,7 @@
 // Σ round(keep × n_t) with --fish.per-tensor, or the loaded mask's count): plan() knows k from the
 // config alone although the split over tensors needs the Fisher; attach() creates that one flat
 // tensor and hooks per masked tensor a narrow() view of it (contiguous on the wire, one bucket).
-// The mask comes from --fish.mask PATH (`deltatune mask` writes it), from prepare_fish() before
+// The mask comes from --fish.mask PATH (`deltatune mask` writes it), from Method::prepare() before
 // attach (the Fisher needs data, which attach() does not get), or, for --fish.select magnitude |
 // random, from the weights alone at attach. describe() carries the mask's hash once it is known, so
 // the start-up agreement of `train` (item "method") catches ranks holding different masks.
@@ -24,12 +24,11 @@
 
 #include <ATen/core/Tensor.h>
 
-#include <boost/program_options/variables_map.hpp>
-
 #include <cstdint>
 #include <map>
 #include <utility>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,7 +64,7 @@ struct FishOptions {
   int64_t refresh_every = 0; // --fish.refresh-every N: recompute the Fisher mask every N steps (0: fixed)
   bool dense_sync = false;   // --fish.dense-sync: the DDP-style baseline (GradSync's dense scatter hook)
 };
-FishOptions fish_options(const boost::program_options::variables_map& vm);
+FishOptions fish_options(const peft::OptionValues& values);
 std::string describe_fish_options(const FishOptions& options);
 
 class FishMethod final : public peft::Method {
@@ -75,30 +74,38 @@ class FishMethod final : public peft::Method {
   std::vector<model::TensorMeta> plan(const model::ModelConfig& config) const override;
   std::vector<peft::Trainable> attach(model::Backbone& backbone) override;
   std::string describe() const override;
-  SparseAccounting accounting(const model::ModelConfig& config) const;
+  std::optional<peft::IndexAccounting> index_accounting(const model::ModelConfig& config) const override;
   // merge: W.flat[idx] += values in place for every masked tensor; the hooks pass through meanwhile.
   bool can_merge() const override { return true; }
   void merge(model::Backbone& backbone) override;
   void unmerge(model::Backbone& backbone) override;
   void to(const c10::Device& device) override;
 
+  // The mask's indices per weight (after attach, or once a mask was set).
+  std::vector<peft::FixedIndices> fixed_indices() const override;
+  // A checkpoint's mask: attach() uses it, no Fisher is computed (UsageError when `stored` is empty).
+  void use_stored_indices(std::vector<peft::FixedIndices> stored) override;
+  // True when attach() cannot make the mask itself (Fisher selection and no --fish.mask, no mask set);
+  // prepare() then computes the Fisher mask over `data` (collective) and logs its counts (rank 0).
+  bool needs_data() const override { return !mask_ && options_.mask_path.empty() && options_.select == "fisher"; }
+  void prepare(model::Backbone& backbone, const peft::TrainingData& data, comm::Communicator& comm) override;
+
   // --fish.refresh-every: recomputes the Fisher of the current model (values applied) over
-  // `samples` (collective) and moves the mask to its top-k. The count k is unchanged, so the
+  // `data` (collective) and moves the mask to its top-k. The count k is unchanged, so the
   // trainable tensor keeps its size (and its GradSync bucket): values at indices both masks hold
   // carry over in place, new indices start at 0, and the deltas of dropped indices are discarded.
-  // Returns, per position of the new values, its old position (-1: new), for the optimizer state.
-  std::vector<int64_t> refresh(model::Backbone& backbone, const SampleFn& sample, int64_t available,
-                               comm::Communicator& comm);
+  // Returns, per position of the new "fish.values", its old position (-1: new), for the optimizer state.
+  int64_t refresh_every() const override { return options_.refresh_every; }
+  peft::IndexRefresh refresh(model::Backbone& backbone, const peft::TrainingData& data,
+                             comm::Communicator& comm) override;
+  // --fish.dense-sync: "fish.values" travels at its flat positions in the eligible tensors
+  // (--fish.include/--fish.exclude) laid end to end, their whole size on the wire.
+  std::optional<peft::DenseSync> dense_sync(const model::ModelConfig& config) const override;
 
   const FishOptions& options() const { return options_; }
-  // Where "fish.values" sits in the eligible tensors (--fish.include/--fish.exclude) laid end to end:
-  // flat positions, one per value, and the total size; for --fish.dense-sync, which moves them whole.
-  std::pair<at::Tensor, int64_t> dense_positions(const model::ModelConfig& config) const;
-  // A mask computed beforehand (prepare_fish); attach() then uses it.
+  // A mask computed beforehand; attach() then uses it.
   void set_mask(Mask mask) { mask_ = std::make_shared<Mask>(std::move(mask)); }
   const Mask* mask() const { return mask_.get(); }
-  // True when attach() cannot make the mask itself (Fisher selection and no --fish.mask, no mask set).
-  bool needs_data() const { return !mask_ && options_.mask_path.empty() && options_.select == "fisher"; }
 
  private:
   FishOptions options_;
@@ -124,19 +131,12 @@ class FishMethod final : public peft::Method {
 Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_t available,
                        comm::Communicator* comm, const FishOptions& options);
 
-// Whether some FISH method of `methods` needs prepare_fish() before apply().
-bool needs_data(const peft::MethodSet& methods);
-// For every FISH method of `methods` that needs_data(): computes its Fisher mask over `backbone` and
-// hands it over. Collective. Call before methods.apply(backbone). Logs the per-tensor counts (rank 0).
-void prepare_fish(const peft::MethodSet& methods, model::Backbone& backbone, const SampleFn& sample,
-                  int64_t available, comm::Communicator& comm);
-
 // Summed over the sparse methods of the set, from the config alone. FISH's index bytes assume the kept entries spread over the tensors in
 // proportion to their size (exact per-tensor counts with --fish.per-tensor; exact bytes with
 // --fish.mask); DSEE's are exact counts with the widest-gap bound.
 SparseAccounting sparse_accounting(const peft::MethodSet& methods, const model::ModelConfig& config);
 
-// The fixed indices of every sparse method of the set (FISH masks, DSEE supports), each weight's
+// The fixed indices of every method of the set (Method::fixed_indices: FISH masks, DSEE supports), each weight's
 // sorted flat indices encoded by sparse/index_codec: what a checkpoint stores beside the values.
 // Call after apply() (a FISH mask may only be known then).
 struct EncodedIndices {
@@ -147,11 +147,11 @@ struct EncodedIndices {
 };
 std::vector<EncodedIndices> encoded_indices(const peft::MethodSet& methods);
 // The inverse, for eval/export from a checkpoint and for resuming a run whose mask moved: hands every
-// FISH method of `methods` the mask a checkpoint stored (by the names encoded_indices() gave them), so
-// no Fisher is computed and the values land on the same indices. Call before methods.apply(backbone).
-// DSEE's supports are recomputed from the pretrained weights at attach (deterministic); the
-// checkpoint's validation compares them. Throws dt::UsageError naming a FISH method whose mask is
-// missing or does not fit `config`.
+// sparse method of `methods` the indices a checkpoint stored for it (by the names encoded_indices() gave
+// them; Method::use_stored_indices), so FISH computes no Fisher and its values land on the same indices.
+// Call before methods.apply(backbone). DSEE's supports are recomputed from the pretrained weights at
+// attach (deterministic); the checkpoint's validation compares them. Throws dt::UsageError naming a
+// method whose stored indices do not fit `config` (or, for FISH, are missing).
 void restore_indices(const peft::MethodSet& methods, const std::vector<EncodedIndices>& indices,
                      const model::ModelConfig& config);
 
@@ -163,7 +163,7 @@ struct DseeOptions {
   std::string select = "grebsmo";              // --dsee.select grebsmo | magnitude
   std::vector<std::string> targets = {"q", "v"};  // --dsee.targets: q, k, v, o, wi, wo
 };
-DseeOptions dsee_options(const boost::program_options::variables_map& vm);
+DseeOptions dsee_options(const peft::OptionValues& values);
 
 class DseeMethod final : public peft::Method {
  public:
@@ -172,9 +172,10 @@ class DseeMethod final : public peft::Method {
   std::vector<model::TensorMeta> plan(const model::ModelConfig& config) const override;
   std::vector<peft::Trainable> attach(model::Backbone& backbone) override;
   std::string describe() const override;
-  SparseAccounting accounting(const model::ModelConfig& config) const;
+  std::optional<peft::IndexAccounting> index_accounting(const model::ModelConfig& config) const override;
   // The fixed indices of S per target weight, after attach() (checkpoints store them).
   const Mask& support() const { return support_; }
+  std::vector<peft::FixedIndices> fixed_indices() const override;
   // merge: W += (B·A + S)·alpha/r in place (S scattered at its fixed indices); the hooks pass through meanwhile.
   bool can_merge() const override { return true; }
   void merge(model::Backbone& backbone) override;

@@ -91,8 +91,8 @@ class BitFit final : public Method {
 }  // namespace
 
 void register_bitfit(Registry& registry) {
-  registry.add({"bitfit", "BitFit: biases only (zero-initialized biases added where the backbone has none)", nullptr,
-                [](const po::variables_map&) { return std::make_unique<BitFit>(); }});
+  registry.add({"bitfit", "BitFit: biases only (zero-initialized biases added where the backbone has none)", {},
+                [](const OptionValues&) { return std::make_unique<BitFit>(); }});
 }
 
 }  // namespace dt::peft

@@ -13,7 +13,6 @@
 // Trainables: "compacter.phm_rule" [n, n, n], then per site "<site>.compacter.down.{s,t,bias}",
 // "<site>.compacter.up.{s,t,bias}" with s [n, out/n], t [n, in/n].
 #include <ATen/ATen.h>
-#include <boost/program_options.hpp>
 
 #include <cmath>
 
@@ -119,19 +118,18 @@ class Compacter final : public Method {
 
 void register_compacter(Registry& registry) {
   registry.add({"compacter", "Compacter: Houlsby-placed adapters of shared Kronecker (PHM) factors",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("compacter.n", po::value<int64_t>()->default_value(4),
-                       "number n of Kronecker products (A_i are n x n, shared by every adapter)")
-                      ("compacter.bottleneck", po::value<int64_t>()->default_value(48),
-                       "adapter bottleneck size (divisible by n)")
-                      ("compacter.activation", po::value<std::string>()->default_value("relu"),
-                       "adapter nonlinearity: relu, gelu, tanh, silu");
+                {
+                 {"compacter.n", int64_t{4},
+                  "number n of Kronecker products (A_i are n x n, shared by every adapter)"},
+                 {"compacter.bottleneck", int64_t{48},
+                  "adapter bottleneck size (divisible by n)"},
+                 {"compacter.activation", std::string("relu"),
+                  "adapter nonlinearity: relu, gelu, tanh, silu"},
                 },
-                [](const po::variables_map& vm) {
+                [](const OptionValues& values) {
                   CompacterOptions o;
-                  o.n = vm["compacter.n"].as<int64_t>();
-                  o.bottleneck = vm["compacter.bottleneck"].as<int64_t>();
+                  o.n = values.get<int64_t>("compacter.n");
+                  o.bottleneck = values.get<int64_t>("compacter.bottleneck");
                   if (o.n <= 0 || o.bottleneck <= 0) {
                     throw_usage_error("--compacter.n and --compacter.bottleneck must be positive, got " +
                                       std::to_string(o.n) + " and " + std::to_string(o.bottleneck));
@@ -141,7 +139,7 @@ void register_compacter(Registry& registry) {
                                       " is not divisible by --compacter.n " + std::to_string(o.n));
                   }
                   o.activation = adapter::parse_activation("compacter.activation",
-                                                           vm["compacter.activation"].as<std::string>());
+                                                           values.get<std::string>("compacter.activation"));
                   return std::make_unique<Compacter>(o);
                 }});
 }

@@ -33,8 +33,8 @@ class Full final : public Method {
 }  // namespace
 
 void register_full(Registry& registry) {
-  registry.add({"full", "full fine-tuning: every backbone weight trains", nullptr,
-                [](const po::variables_map&) { return std::make_unique<Full>(); }});
+  registry.add({"full", "full fine-tuning: every backbone weight trains", {},
+                [](const OptionValues&) { return std::make_unique<Full>(); }});
 }
 
 }  // namespace dt::peft

@@ -10,7 +10,6 @@
 // small normal; zero makes identity exact and costs nothing: down still gets gradients from step 1).
 // The paper also trains the layer norms; here only the adapters train (compose "+bitfit" for norms).
 // Trainables: "<site>.adapter.down.weight" [m, d], ".down.bias" [m], ".up.weight" [d, m], ".up.bias" [d].
-#include <boost/program_options.hpp>
 
 #include "peft/adapter/adapter.h"
 #include "peft/method.h"
@@ -51,20 +50,20 @@ class Houlsby final : public Method {
 
 void register_houlsby(Registry& registry) {
   registry.add({"houlsby", "Houlsby adapters: bottleneck after every self-attention and every FFN",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("houlsby.bottleneck", po::value<int64_t>()->default_value(64), "adapter bottleneck size m")
-                      ("houlsby.activation", po::value<std::string>()->default_value("relu"),
-                       "adapter nonlinearity: relu, gelu, tanh, silu");
+                {
+                 {"houlsby.bottleneck", int64_t{64},
+                  "adapter bottleneck size m"},
+                 {"houlsby.activation", std::string("relu"),
+                  "adapter nonlinearity: relu, gelu, tanh, silu"},
                 },
-                [](const po::variables_map& vm) {
+                [](const OptionValues& values) {
                   HoulsbyOptions o;
-                  o.bottleneck = vm["houlsby.bottleneck"].as<int64_t>();
+                  o.bottleneck = values.get<int64_t>("houlsby.bottleneck");
                   if (o.bottleneck <= 0) {
                     throw_usage_error("--houlsby.bottleneck must be positive, got " + std::to_string(o.bottleneck));
                   }
                   o.activation = adapter::parse_activation("houlsby.activation",
-                                                           vm["houlsby.activation"].as<std::string>());
+                                                           values.get<std::string>("houlsby.activation"));
                   return std::make_unique<Houlsby>(o);
                 }});
 }

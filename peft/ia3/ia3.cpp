@@ -144,8 +144,8 @@ class Ia3 final : public Method {
 }  // namespace
 
 void register_ia3(Registry& registry) {
-  registry.add({"ia3", "(IA)^3: learned rescaling of keys, values and FFN intermediate activations", nullptr,
-                [](const po::variables_map&) { return std::make_unique<Ia3>(); }});
+  registry.add({"ia3", "(IA)^3: learned rescaling of keys, values and FFN intermediate activations", {},
+                [](const OptionValues&) { return std::make_unique<Ia3>(); }});
 }
 
 }  // namespace dt::peft

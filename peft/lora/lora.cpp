@@ -13,7 +13,6 @@
 #include <c10/core/GradMode.h>
 #include <ATen/ATen.h>
 #include <boost/algorithm/string.hpp>
-#include <boost/program_options.hpp>
 
 #include <cmath>
 #include <map>
@@ -148,12 +147,12 @@ class Lora final : public Method {
   std::shared_ptr<bool> merged_ = std::make_shared<bool>(false);  // read by every hook
 };
 
-LoraOptions parse_options(const po::variables_map& vm) {
+LoraOptions parse_options(const OptionValues& values) {
   LoraOptions o;
-  o.r = vm["lora.r"].as<int64_t>();
-  o.alpha = vm["lora.alpha"].as<double>();
+  o.r = values.get<int64_t>("lora.r");
+  o.alpha = values.get<double>("lora.alpha");
   o.targets.clear();
-  boost::split(o.targets, vm["lora.targets"].as<std::string>(), boost::is_any_of(","));
+  boost::split(o.targets, values.get<std::string>("lora.targets"), boost::is_any_of(","));
   if (o.r <= 0) throw_usage_error("--lora.r must be positive, got " + std::to_string(o.r));
   for (const auto& t : o.targets) {
     if (!known_targets().count(t)) {
@@ -167,14 +166,15 @@ LoraOptions parse_options(const po::variables_map& vm) {
 
 void register_lora(Registry& registry) {
   registry.add({"lora", "LoRA: low-rank updates B·A of the chosen projections",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("lora.r", po::value<int64_t>()->default_value(8), "LoRA rank r")
-                      ("lora.alpha", po::value<double>()->default_value(16.0), "LoRA alpha (scale = alpha / r)")
-                      ("lora.targets", po::value<std::string>()->default_value("q,v"),
-                       "comma-separated projections to adapt: q, k, v, o, wi, wo");
+                {
+                 {"lora.r", int64_t{8},
+                  "LoRA rank r"},
+                 {"lora.alpha", double{16.0},
+                  "LoRA alpha (scale = alpha / r)"},
+                 {"lora.targets", std::string("q,v"),
+                  "comma-separated projections to adapt: q, k, v, o, wi, wo"},
                 },
-                [](const po::variables_map& vm) { return std::make_unique<Lora>(parse_options(vm)); }});
+                [](const OptionValues& values) { return std::make_unique<Lora>(parse_options(values)); }});
 }
 
 }  // namespace dt::peft

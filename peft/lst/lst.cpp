@@ -53,7 +53,6 @@
 
 #include <ATen/ATen.h>
 #include <boost/algorithm/string.hpp>
-#include <boost/program_options.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -61,12 +60,9 @@
 #include <map>
 #include <set>
 
-#include "model/bert.h"
 #include "model/device.h"
-#include "model/llama.h"
 #include "model/load.h"
 #include "model/parameter_map.h"
-#include "model/t5.h"
 #include "peft/method.h"
 #include "util/error.h"
 
@@ -359,17 +355,12 @@ class Lst final : public Method {
     };
 
     // ---- the side network, pruned from the backbone
-    int64_t num_labels = 0;
-    if (auto* t5 = dynamic_cast<model::T5Backbone*>(&backbone)) {
-      if (t5->head() != model::T5Head::LabelWords && t5->num_labels() > 0) {
-        throw_usage_error("--method lst: T5 with a classifier head is not supported (label words are)");
-      }
-      num_labels = t5->num_labels();
-    } else if (auto* llama = dynamic_cast<model::LlamaBackbone*>(&backbone)) {
-      num_labels = llama->num_labels();
-    } else if (auto* bert = dynamic_cast<model::BertBackbone*>(&backbone)) {
-      num_labels = bert->num_labels();
-      if (num_labels == 0) throw_usage_error("--method lst on BERT needs a task head (a classification task)");
+    const int64_t num_labels = backbone.num_labels();
+    if (c.arch == model::Arch::T5 && !backbone.reads_label_words() && num_labels > 0) {
+      throw_usage_error("--method lst: T5 with a classifier head is not supported (label words are)");
+    }
+    if (c.arch == model::Arch::Bert && num_labels == 0) {
+      throw_usage_error("--method lst on BERT needs a task head (a classification task)");
     }
     side_ = model::make_backbone(sc, num_labels);
     ladders_ = ladders(c, options_);
@@ -481,9 +472,8 @@ class Lst final : public Method {
     }
     DT_CHECK(static_cast<int64_t>(hidden_.size()) == hidden_count_,
              fmt::format("lst: the backbone returned {} hidden states, expected {}", hidden_.size(), hidden_count_));
-    if (auto* t5 = dynamic_cast<model::T5Backbone*>(&backbone)) {
-      auto* side = dynamic_cast<model::T5Backbone*>(side_.get());
-      if (side->label_token_ids() != t5->label_token_ids()) side->set_label_token_ids(t5->label_token_ids());
+    if (backbone.reads_label_words() && side_->label_token_ids() != backbone.label_token_ids()) {
+      side_->set_label_token_ids(backbone.label_token_ids());  // the side network scores the same words
     }
     // ---- the side network, with autograd (dropout while gradients are on, i.e. while training)
     side_->set_training(c10::GradMode::is_enabled());
@@ -584,12 +574,12 @@ class Lst final : public Method {
   at::Tensor input_ids_, table_, decoder_shift_;
 };
 
-LstOptions parse_options(const po::variables_map& vm) {
+LstOptions parse_options(const OptionValues& values) {
   LstOptions o;
-  o.r = vm["lst.r"].as<int64_t>();
-  o.gate_temperature = vm["lst.gate-temperature"].as<double>();
-  o.prune = vm["lst.prune"].as<std::string>();
-  const std::string drop = vm["lst.drop"].as<std::string>();
+  o.r = values.get<int64_t>("lst.r");
+  o.gate_temperature = values.get<double>("lst.gate-temperature");
+  o.prune = values.get<std::string>("lst.prune");
+  const std::string drop = values.get<std::string>("lst.drop");
   if (!drop.empty()) {
     std::vector<std::string> parts;
     boost::split(parts, drop, boost::is_any_of(","));
@@ -617,18 +607,17 @@ LstOptions parse_options(const po::variables_map& vm) {
 
 void register_lst(Registry& registry) {
   registry.add({"lst", "Ladder Side Tuning: a pruned side network fed by the frozen backbone's layers",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("lst.r", po::value<int64_t>()->default_value(8),
-                       "reduction factor: the side network has d_model, d_ff and d_kv divided by r")
-                      ("lst.drop", po::value<std::string>()->default_value(""),
-                       "comma-separated backbone layers without a side layer (t5-base paper: 0,4,8)")
-                      ("lst.gate-temperature", po::value<double>()->default_value(0.1, "0.1"),
-                       "T of the ladder gates mu = sigmoid(alpha / T)")
-                      ("lst.prune", po::value<std::string>()->default_value("magnitude"),
-                       "side initialization: magnitude (pruned from the backbone by |W|) or random");
+                {
+                 {"lst.r", int64_t{8},
+                  "reduction factor: the side network has d_model, d_ff and d_kv divided by r"},
+                 {"lst.drop", std::string(""),
+                  "comma-separated backbone layers without a side layer (t5-base paper: 0,4,8)"},
+                 {"lst.gate-temperature", double{0.1},
+                  "T of the ladder gates mu = sigmoid(alpha / T)"},
+                 {"lst.prune", std::string("magnitude"),
+                  "side initialization: magnitude (pruned from the backbone by |W|) or random"},
                 },
-                [](const po::variables_map& vm) { return std::make_unique<Lst>(parse_options(vm)); }});
+                [](const OptionValues& values) { return std::make_unique<Lst>(parse_options(values)); }});
 }
 
 }  // namespace dt::peft

@@ -7,7 +7,6 @@
 // ("prefix.<group>.*", "<site>.parallel_adapter.*"), prefix tensors first. The paper's parameter
 // count (6.7% of BART-large) counts the prefixes folded (P · 2 · kv_dim per attention); `plan` counts
 // what trains, the MLP included. Not identity at initialization (the prefix changes attention).
-#include <boost/program_options.hpp>
 
 #include "peft/adapter/adapter.h"
 #include "peft/method.h"
@@ -53,21 +52,22 @@ class Mam final : public Method {
 
 void register_mam(Registry& registry) {
   registry.add({"mam", "MAM adapter (He et al.): prefix tuning + scaled parallel FFN adapter",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("mam.prefix-length", po::value<int64_t>()->default_value(30), "prefix length per attention")
-                      ("mam.prefix-hidden", po::value<int64_t>()->default_value(512),
-                       "hidden size of the prefix reparameterization MLP")
-                      ("mam.bottleneck", po::value<int64_t>()->default_value(512),
-                       "parallel FFN adapter bottleneck size")
-                      ("mam.scale", po::value<double>()->default_value(4.0), "scale s of the parallel adapter's output");
+                {
+                 {"mam.prefix-length", int64_t{30},
+                  "prefix length per attention"},
+                 {"mam.prefix-hidden", int64_t{512},
+                  "hidden size of the prefix reparameterization MLP"},
+                 {"mam.bottleneck", int64_t{512},
+                  "parallel FFN adapter bottleneck size"},
+                 {"mam.scale", double{4.0},
+                  "scale s of the parallel adapter's output"},
                 },
-                [](const po::variables_map& vm) {
+                [](const OptionValues& values) {
                   MamOptions o;
-                  o.prefix.length = vm["mam.prefix-length"].as<int64_t>();
-                  o.prefix.hidden = vm["mam.prefix-hidden"].as<int64_t>();
-                  o.parallel.bottleneck = vm["mam.bottleneck"].as<int64_t>();
-                  o.parallel.scale = vm["mam.scale"].as<double>();
+                  o.prefix.length = values.get<int64_t>("mam.prefix-length");
+                  o.prefix.hidden = values.get<int64_t>("mam.prefix-hidden");
+                  o.parallel.bottleneck = values.get<int64_t>("mam.bottleneck");
+                  o.parallel.scale = values.get<double>("mam.scale");
                   if (o.prefix.length <= 0 || o.prefix.hidden <= 0 || o.parallel.bottleneck <= 0) {
                     throw_usage_error("--mam.prefix-length, --mam.prefix-hidden and --mam.bottleneck must be positive");
                   }

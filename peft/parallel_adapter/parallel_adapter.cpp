@@ -4,7 +4,6 @@
 // Defaults as the paper's best FFN setting (bottleneck 512, s = 4). Initialization as their code's
 // "lora" option: down U(±1/sqrt(d)) (nn.Linear's kaiming_uniform(a = sqrt(5))), up and biases zero,
 // so the model is unchanged at step 0. Trainables: "<site>.parallel_adapter.{down,up}.{weight,bias}".
-#include <boost/program_options.hpp>
 
 #include "peft/adapter/adapter.h"
 #include "peft/method.h"
@@ -39,17 +38,16 @@ class ParallelAdapter final : public Method {
 
 void register_parallel_adapter(Registry& registry) {
   registry.add({"parallel_adapter", "scaled parallel adapter (He et al.) beside every FFN",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("parallel_adapter.bottleneck", po::value<int64_t>()->default_value(512),
-                       "parallel adapter bottleneck size")
-                      ("parallel_adapter.scale", po::value<double>()->default_value(4.0),
-                       "scale s of the parallel adapter's output");
+                {
+                 {"parallel_adapter.bottleneck", int64_t{512},
+                  "parallel adapter bottleneck size"},
+                 {"parallel_adapter.scale", double{4.0},
+                  "scale s of the parallel adapter's output"},
                 },
-                [](const po::variables_map& vm) {
+                [](const OptionValues& values) {
                   adapter::ParallelOptions o;
-                  o.bottleneck = vm["parallel_adapter.bottleneck"].as<int64_t>();
-                  o.scale = vm["parallel_adapter.scale"].as<double>();
+                  o.bottleneck = values.get<int64_t>("parallel_adapter.bottleneck");
+                  o.scale = values.get<double>("parallel_adapter.scale");
                   if (o.bottleneck <= 0) {
                     throw_usage_error("--parallel_adapter.bottleneck must be positive, got " +
                                       std::to_string(o.bottleneck));

@@ -6,7 +6,6 @@
 // expose no site between the FFN's residual add and its norm, so the adapter sits at the FFN output
 // with its own skip connection, as the Houlsby adapter does. Initialization and names as houlsby
 // (up projection zero: the model is unchanged at step 0).
-#include <boost/program_options.hpp>
 
 #include "peft/adapter/adapter.h"
 #include "peft/method.h"
@@ -47,20 +46,20 @@ class Pfeiffer final : public Method {
 
 void register_pfeiffer(Registry& registry) {
   registry.add({"pfeiffer", "Pfeiffer adapters: bottleneck after every FFN",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("pfeiffer.bottleneck", po::value<int64_t>()->default_value(64), "adapter bottleneck size m")
-                      ("pfeiffer.activation", po::value<std::string>()->default_value("relu"),
-                       "adapter nonlinearity: relu, gelu, tanh, silu");
+                {
+                 {"pfeiffer.bottleneck", int64_t{64},
+                  "adapter bottleneck size m"},
+                 {"pfeiffer.activation", std::string("relu"),
+                  "adapter nonlinearity: relu, gelu, tanh, silu"},
                 },
-                [](const po::variables_map& vm) {
+                [](const OptionValues& values) {
                   PfeifferOptions o;
-                  o.bottleneck = vm["pfeiffer.bottleneck"].as<int64_t>();
+                  o.bottleneck = values.get<int64_t>("pfeiffer.bottleneck");
                   if (o.bottleneck <= 0) {
                     throw_usage_error("--pfeiffer.bottleneck must be positive, got " + std::to_string(o.bottleneck));
                   }
                   o.activation = adapter::parse_activation("pfeiffer.activation",
-                                                           vm["pfeiffer.activation"].as<std::string>());
+                                                           values.get<std::string>("pfeiffer.activation"));
                   return std::make_unique<Pfeiffer>(o);
                 }});
 }

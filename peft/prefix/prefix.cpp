@@ -9,7 +9,6 @@
 // training the MLP can be folded: the prefixes are a fixed function of the trainables, so evaluating
 // the MLP once gives P · 2 · kv_dim values per attention to keep instead (the count papers report).
 // Not identity at initialization: the prefix changes every attention's output from step 0.
-#include <boost/program_options.hpp>
 
 #include "peft/adapter/adapter.h"
 #include "peft/method.h"
@@ -43,16 +42,16 @@ class Prefix final : public Method {
 
 void register_prefix(Registry& registry) {
   registry.add({"prefix", "prefix tuning: trainable keys/values in every attention (MLP-reparameterized)",
-                [](po::options_description& desc) {
-                  desc.add_options()
-                      ("prefix.length", po::value<int64_t>()->default_value(30), "prefix length P per attention")
-                      ("prefix.hidden", po::value<int64_t>()->default_value(512),
-                       "hidden size of the reparameterization MLP");
+                {
+                 {"prefix.length", int64_t{30},
+                  "prefix length P per attention"},
+                 {"prefix.hidden", int64_t{512},
+                  "hidden size of the reparameterization MLP"},
                 },
-                [](const po::variables_map& vm) {
+                [](const OptionValues& values) {
                   adapter::PrefixOptions o;
-                  o.length = vm["prefix.length"].as<int64_t>();
-                  o.hidden = vm["prefix.hidden"].as<int64_t>();
+                  o.length = values.get<int64_t>("prefix.length");
+                  o.hidden = values.get<int64_t>("prefix.hidden");
                   if (o.length <= 0 || o.hidden <= 0) {
                     throw_usage_error("--prefix.length and --prefix.hidden must be positive, got " +
                                       std::to_string(o.length) + " and " + std::to_string(o.hidden));

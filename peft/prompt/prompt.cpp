@@ -10,7 +10,6 @@
 // Not identity at initialization: the prepended tokens change every position's attention.
 // Trainable: "prompt.embedding" [P, d_model].
 #include <ATen/ATen.h>
-#include <boost/program_options.hpp>
 
 #include <algorithm>
 
@@ -71,13 +70,13 @@ class Prompt final : public Method {
 
 void register_prompt(Registry& registry) {
   registry.add({"prompt", "prompt tuning: soft tokens prepended to the (encoder) input",
-                [](po::options_description& desc) {
-                  desc.add_options()("prompt.length", po::value<int64_t>()->default_value(20),
-                                     "number of soft prompt tokens");
+                {
+                 {"prompt.length", int64_t{20},
+                  "number of soft prompt tokens"},
                 },
-                [](const po::variables_map& vm) {
+                [](const OptionValues& values) {
                   PromptOptions o;
-                  o.length = vm["prompt.length"].as<int64_t>();
+                  o.length = values.get<int64_t>("prompt.length");
                   if (o.length <= 0) {
                     throw_usage_error("--prompt.length must be positive, got " + std::to_string(o.length));
                   }

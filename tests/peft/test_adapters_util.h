@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/method_options.h"
 #include "model/load.h"
 #include "model/t5.h"
 #include "peft/method.h"
@@ -21,12 +22,11 @@ namespace dt::testing::adapters {
 inline peft::MethodSet method_set(const std::vector<std::string>& args) {
   namespace po = boost::program_options;
   po::options_description desc;
-  desc.add_options()("method", po::value<std::string>(), "");
-  peft::Registry::global().add_all_options(desc);
+  launch::add_method_options(desc);
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(desc).run(), vm);
   po::notify(vm);
-  return peft::MethodSet::from_options(vm);
+  return launch::method_set_from(vm);
 }
 
 // plan() and apply() agree: the same names and shapes in the same order, every tensor trainable.

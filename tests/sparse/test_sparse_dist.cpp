@@ -77,9 +77,9 @@ TEST(FishDist, ValuesOnlyTrainingEqualsDenseMaskedTraining) {
   auto sparse_model = dt::testing::tiny_backbone();
   const auto& config = sparse_model->config();
   const auto set = dt::testing::method_set("fish", {"--fish.keep", "0.02", "--fish.samples", "16"});
-  ASSERT_TRUE(sparse::needs_data(set));
-  sparse::prepare_fish(set, *sparse_model, dt::testing::sample_fn(config), 40, comm);
-  EXPECT_FALSE(sparse::needs_data(set));
+  ASSERT_TRUE(set.needs_data());
+  set.prepare(*sparse_model, {dt::testing::sample_fn(config), 40}, comm);
+  EXPECT_FALSE(set.needs_data());
   const auto trainables = set.apply(*sparse_model);
   dist::agree_or_throw(comm, {{"method", set.describe()}});  // carries the mask hash
   const auto* fish = dynamic_cast<const sparse::FishMethod*>(set.methods()[0].get());
@@ -258,7 +258,8 @@ TEST(FishDist, RefreshMovesTheMaskAndCarriesKeptValues) {
   const auto& config = model->config();
   const auto set = dt::testing::method_set(
       "fish", {"--fish.keep", "0.02", "--fish.samples", "16", "--fish.refresh-every", "1"});
-  sparse::prepare_fish(set, *model, dt::testing::sample_fn(config), 40, comm);
+  set.prepare(*model, {dt::testing::sample_fn(config), 40}, comm);
+  EXPECT_TRUE(set.refreshes_indices());
   const auto trainables = set.apply(*model);
   auto* fish = dynamic_cast<sparse::FishMethod*>(set.methods()[0].get());
   const at::Tensor values = trainables[0].tensor;
@@ -285,7 +286,9 @@ TEST(FishDist, RefreshMovesTheMaskAndCarriesKeptValues) {
     return base(moved);
   };
   const sparse::Mask expected = sparse::compute_fish_mask(*model, shifted, 40, &comm, fish->options());
-  const auto carry = fish->refresh(*model, shifted, 40, comm);
+  const peft::IndexRefresh refreshed = set.methods()[0]->refresh(*model, {shifted, 40}, comm);
+  EXPECT_EQ(refreshed.trainable, "fish.values");
+  const std::vector<int64_t>& carry = refreshed.carry;
   const sparse::Mask& after = *fish->mask();
   EXPECT_EQ(after.hash(), expected.hash());
   EXPECT_NE(after.hash(), before.hash());
@@ -320,7 +323,9 @@ TEST(FishDist, RefreshMovesTheMaskAndCarriesKeptValues) {
     offset += e.count();
   }
   for (const auto& e : before.entries) {
-    if (!after.find(e.name)) EXPECT_TRUE(at::equal(model->hooks().weight(e.name, params.at(e.name)), params.at(e.name)));
+    if (!after.find(e.name)) {
+      EXPECT_TRUE(at::equal(model->hooks().weight(e.name, params.at(e.name)), params.at(e.name)));
+    }
   }
 }
 

@@ -1,3 +1,4 @@
+#include "launch/method_options.h"
 #include "tests/sparse/test_sparse_util.h"
 
 #include <torch/torch.h>
@@ -34,16 +35,14 @@ sparse::SampleFn sample_fn(const model::ModelConfig& config) {
 
 peft::MethodSet method_set(const std::string& method, const std::vector<std::string>& args) {
   namespace po = boost::program_options;
-  sparse::register_methods();
   po::options_description desc;
-  desc.add_options()("method", po::value<std::string>(), "");
-  peft::Registry::global().add_all_options(desc);
+  launch::add_method_options(desc);
   std::vector<std::string> argv = {"--method", method};
   argv.insert(argv.end(), args.begin(), args.end());
   po::variables_map vm;
   po::store(po::command_line_parser(argv).options(desc).run(), vm);
   po::notify(vm);
-  return peft::MethodSet::from_options(vm);
+  return launch::method_set_from(vm);
 }
 
 }  // namespace dt::testing
