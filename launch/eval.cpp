@@ -13,7 +13,7 @@
 #include <algorithm>
 #include <fstream>
 
-#include "dist/glue.h"
+#include "tasks/glue.h"
 #include "launch/cli.h"
 #include "launch/from_checkpoint.h"
 #include "launch/session.h"
@@ -27,7 +27,7 @@ namespace {
 
 // One JSON object per dev example, in dev order: what went in and what came out, so another
 // implementation (HF transformers + PEFT in tests/hf/peft_roundtrip.py) can run the same inputs.
-void write_predictions(const std::string& path, const dist::EncodedDataset& dev, const at::Tensor& logits) {
+void write_predictions(const std::string& path, const tasks::EncodedDataset& dev, const at::Tensor& logits) {
   std::ofstream f(path);
   const float* l = logits.data_ptr<float>();
   const int64_t labels = logits.size(1);
@@ -66,7 +66,7 @@ int run_eval(const po::variables_map& vm) {
   overrides.data = option_or_empty(vm, "data");
   overrides.task = option_or_empty(vm, "task");
   RestoredModel r = restore_model(path, overrides, /*check_identity=*/comm.rank() == 0);
-  const dist::TaskInfo& task = *r.task;
+  const tasks::TaskInfo& task = *r.task;
   // Restored on the host; the forward runs on --device, the frozen weights in the training dtype (the
   // methods are attached already: what they train stays float32).
   model::backbone_to(*r.model.backbone, session.device(),
@@ -81,13 +81,13 @@ int run_eval(const po::variables_map& vm) {
   int64_t batch_size = vm["eval.batch-size"].as<int64_t>();
   if (batch_size <= 0) batch_size = cfg["train.eval-batch-size"].as<int64_t>();
   const auto encode =
-      dist::encode_options_for(r.model.backbone->config(), task.name, cfg["train.max-len"].as<int64_t>());
-  const dist::EncodedDataset dev = load_dev_set(cfg["data"].as<std::string>(), task, *r.model.tokenizer, encode, max);
+      tasks::encode_options_for(r.model.backbone->config(), task.name, cfg["train.max-len"].as<int64_t>());
+  const tasks::EncodedDataset dev = load_dev_set(cfg["data"].as<std::string>(), task, *r.model.tokenizer, encode, max);
 
   // ---- evaluate (collective) ------------------------------------------------------------------------
   const bool predictions = vm.count("predictions") > 0;
   const Evaluation e = evaluate(r.methods, *r.model.backbone, dev, task.num_labels, batch_size, comm, predictions);
-  const bool mcc = task.metric == dist::MetricKind::Mcc;
+  const bool mcc = task.metric == tasks::MetricKind::Mcc;
   log::info("eval step {}: dev accuracy {:.4f}{} on {} examples of {} ({:.1f} s)", r.state.step, e.metrics.accuracy,
             mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "", e.metrics.count, task.name, e.seconds);
 

@@ -94,7 +94,7 @@ RestoredModel restore_model(const std::string& checkpoint_path, const Checkpoint
     refuse("it was trained on " + trained_task + " (its head and label words are that task's); evaluating it on " +
            overrides.task + " would be meaningless — train on " + overrides.task + " instead");
   }
-  r.task = &dist::glue_task(trained_task);
+  r.task = &tasks::glue_task(trained_task);
 
   // ---- the backbone, checked against the recorded identity -----------------------------------------
   const std::string model_arg = r.options["model"].as<std::string>();

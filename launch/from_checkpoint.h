@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "dist/checkpoint.h"
-#include "dist/glue.h"
+#include "tasks/glue.h"
 #include "launch/task_model.h"
 #include "peft/method.h"
 
@@ -41,7 +41,7 @@ struct RestoredModel {
   std::string path;                // the checkpoint file read
   dist::CheckpointState state;     // as read (every checksum verified)
   boost::program_options::variables_map options;  // the run's resolved options, overrides applied
-  const dist::TaskInfo* task = nullptr;
+  const tasks::TaskInfo* task = nullptr;
   TaskModel model;                 // backbone (hooks attached) + tokenizer
   peft::MethodSet methods;
   std::vector<peft::Trainable> trainables;  // holding the checkpoint's values

@@ -12,7 +12,7 @@
 #include <iostream>
 
 #include "dist/agreement.h"
-#include "dist/glue.h"
+#include "tasks/glue.h"
 #include "dist/sampler.h"
 #include "launch/cli.h"
 #include "launch/method_options.h"
@@ -45,21 +45,21 @@ int run_mask(const po::variables_map& vm) {
   const auto start = std::chrono::steady_clock::now();
 
   // ---- model and data, as `train` has them
-  const dist::TaskInfo& task = dist::glue_task(vm["task"].as<std::string>());
+  const tasks::TaskInfo& task = tasks::glue_task(vm["task"].as<std::string>());
   torch::manual_seed(vm["train.seed"].as<uint64_t>());
   auto backbone = model::load_backbone(vm["model"].as<std::string>(), task.num_labels);
   auto tokenizer = model::load_tokenizer(vm["tokenizer"].as<std::string>());
-  if (backbone->reads_label_words()) backbone->set_label_token_ids(dist::label_first_token_ids(task, *tokenizer));
+  if (backbone->reads_label_words()) backbone->set_label_token_ids(tasks::label_first_token_ids(task, *tokenizer));
   // The Fisher pass runs where training will (--device, --train.dtype), as train's own does.
   model::backbone_to(*backbone, session.device(), model::frozen_dtype(vm["train.dtype"].as<std::string>()));
-  const dist::EncodedDataset data = dist::encode_all(
-      dist::read_glue(vm["data"].as<std::string>(), task.name, "train"), *tokenizer,
-      dist::encode_options_for(backbone->config(), task.name, vm["train.max-len"].as<int64_t>()));
+  const tasks::EncodedDataset data = tasks::encode_all(
+      tasks::read_glue(vm["data"].as<std::string>(), task.name, "train"), *tokenizer,
+      tasks::encode_options_for(backbone->config(), task.name, vm["train.max-len"].as<int64_t>()));
   const std::vector<int64_t> order = dist::portable_permutation(data.size(), options.seed);
   const sparse::SampleFn sample = [&](const std::vector<int64_t>& ids) {
     std::vector<int64_t> rows;
     for (int64_t i : ids) rows.push_back(order.at(i));
-    return dist::collate(data, rows);
+    return tasks::collate(data, rows);
   };
   log::info("deltatune mask: {} ranks, {} ({} train examples), fish({})", comm.size(), backbone->config().name,
             data.size(), sparse::describe_fish_options(options));

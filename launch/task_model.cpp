@@ -15,29 +15,29 @@
 namespace dt::launch {
 
 TaskModel load_task_model(const std::string& model_arg, const std::string& tokenizer_path,
-                          const dist::TaskInfo& task) {
+                          const tasks::TaskInfo& task) {
   TaskModel m;
   m.backbone = model::load_backbone(model_arg, task.num_labels);
   m.tokenizer = model::load_tokenizer(tokenizer_path);
-  if (m.backbone->reads_label_words()) m.backbone->set_label_token_ids(dist::label_first_token_ids(task, *m.tokenizer));
+  if (m.backbone->reads_label_words()) m.backbone->set_label_token_ids(tasks::label_first_token_ids(task, *m.tokenizer));
   return m;
 }
 
-dist::EncodedDataset load_dev_set(const std::string& data_dir, const dist::TaskInfo& task,
-                                  const model::Tokenizer& tokenizer, const dist::EncodeOptions& encode,
+tasks::EncodedDataset load_dev_set(const std::string& data_dir, const tasks::TaskInfo& task,
+                                  const model::Tokenizer& tokenizer, const tasks::EncodeOptions& encode,
                                   int64_t max_examples) {
-  auto examples = dist::read_glue(data_dir, task.name, "dev");
+  auto examples = tasks::read_glue(data_dir, task.name, "dev");
   if (max_examples > 0 && max_examples < static_cast<int64_t>(examples.size())) examples.resize(max_examples);
-  return dist::encode_all(examples, tokenizer, encode);
+  return tasks::encode_all(examples, tokenizer, encode);
 }
 
-nlohmann::json eval_record(int64_t step, const Evaluation& e, const dist::TaskInfo& task) {
+nlohmann::json eval_record(int64_t step, const Evaluation& e, const tasks::TaskInfo& task) {
   nlohmann::json j = {{"step", step}, {"eval_accuracy", e.metrics.accuracy}, {"eval_count", e.metrics.count}};
-  if (task.metric == dist::MetricKind::Mcc) j["eval_mcc"] = e.metrics.mcc;
+  if (task.metric == tasks::MetricKind::Mcc) j["eval_mcc"] = e.metrics.mcc;
   return j;
 }
 
-Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, const dist::EncodedDataset& dev,
+Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, const tasks::EncodedDataset& dev,
                     int64_t num_labels, int64_t batch_size, comm::Communicator& comm, bool keep_logits) {
   const auto start = std::chrono::steady_clock::now();
   const c10::Device device = model::backbone_device(backbone);
@@ -49,7 +49,7 @@ Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, c
   for (size_t begin = 0; begin < shard.size(); begin += batch_size) {
     const std::vector<int64_t> idx(shard.begin() + begin,
                                    shard.begin() + std::min(shard.size(), begin + batch_size));
-    const model::Batch batch = dist::collate(dev, idx);
+    const model::Batch batch = tasks::collate(dev, idx);
     const auto out = methods.forward(backbone, model::batch_to(batch, device));
     confusion.add(batch.labels, out.logits.argmax(-1).to(at::kCPU));
     if (keep_logits) {

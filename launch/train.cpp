@@ -22,7 +22,7 @@
 
 #include "dist/agreement.h"
 #include "dist/checkpoint.h"
-#include "dist/glue.h"
+#include "tasks/glue.h"
 #include "dist/grad_sync.h"
 #include "dist/metrics.h"
 #include "dist/optim.h"
@@ -118,7 +118,7 @@ SessionOptions session_options(const po::variables_map& vm) {
 // The backbone with the task's head, its frozen weights moved to this rank's device once (mapped from the
 // file, then copied) and cast to --train.dtype bf16 if asked: the Fisher pass and the methods' set-up then
 // run where they will train. The seed first: every rank draws the same initial trainable values.
-TaskModel load_model(const po::variables_map& vm, const dist::TaskInfo& task, const c10::Device& device,
+TaskModel load_model(const po::variables_map& vm, const tasks::TaskInfo& task, const c10::Device& device,
                      uint64_t seed) {
   const auto frozen_dtype = model::frozen_dtype(vm["train.dtype"].as<std::string>());  // before any loading
   torch::manual_seed(seed);
@@ -133,15 +133,15 @@ TaskModel load_model(const po::variables_map& vm, const dist::TaskInfo& task, co
 
 // Every rank reads and tokenizes both splits; the sampler later gives each rank its shard of train.
 struct TrainData {
-  dist::EncodedDataset train, dev;
+  tasks::EncodedDataset train, dev;
 };
 
-TrainData load_data(const po::variables_map& vm, const dist::TaskInfo& task, const TaskModel& m) {
+TrainData load_data(const po::variables_map& vm, const tasks::TaskInfo& task, const TaskModel& m) {
   const auto t0 = Clock::now();
-  const auto encode = dist::encode_options_for(m.backbone->config(), task.name, vm["train.max-len"].as<int64_t>());
+  const auto encode = tasks::encode_options_for(m.backbone->config(), task.name, vm["train.max-len"].as<int64_t>());
   const auto data_dir = vm["data"].as<std::string>();
   TrainData data;
-  data.train = dist::encode_all(dist::read_glue(data_dir, task.name, "train"), *m.tokenizer, encode);
+  data.train = tasks::encode_all(tasks::read_glue(data_dir, task.name, "train"), *m.tokenizer, encode);
   data.dev = load_dev_set(data_dir, task, *m.tokenizer, encode, vm["train.eval-max"].as<int64_t>());
   log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", data.train.size(), data.dev.size(),
             task.name, seconds_since(t0));
@@ -150,12 +150,12 @@ TrainData load_data(const po::variables_map& vm, const dist::TaskInfo& task, con
 
 // What methods that learn from data see (FISH's Fisher samples): training examples in an order drawn
 // from `seed` (--fish.seed at start, shifted by the step at each --fish.refresh-every).
-peft::TrainingData training_data(const dist::EncodedDataset& train, uint64_t seed) {
+peft::TrainingData training_data(const tasks::EncodedDataset& train, uint64_t seed) {
   auto order = std::make_shared<std::vector<int64_t>>(dist::portable_permutation(train.size(), seed));
   auto sample = [&train, order](const std::vector<int64_t>& ids) {
     std::vector<int64_t> rows;
     for (int64_t i : ids) rows.push_back(order->at(i));
-    return dist::collate(train, rows);
+    return tasks::collate(train, rows);
   };
   return {sample, static_cast<int64_t>(train.size())};
 }
@@ -342,12 +342,12 @@ class StepLog {
 // become ready, on the last micro-step only (earlier ones accumulate locally). The loss stays on the
 // device: reading it later is the step's one host sync.
 at::Tensor forward_backward(const TrainSettings& settings, const peft::MethodSet& methods, model::Backbone& backbone,
-                            const dist::EncodedDataset& train, dist::DistributedSampler& sampler,
+                            const tasks::EncodedDataset& train, dist::DistributedSampler& sampler,
                             dist::GradSync& grad_sync, const c10::Device& device) {
   at::Tensor loss_sum;
   for (int64_t micro = 0; micro < settings.accum; ++micro) {
     model::Batch batch =
-        model::batch_to(dist::collate(train, sampler.next_batch(settings.batch_size), settings.pad_to), device);
+        model::batch_to(tasks::collate(train, sampler.next_batch(settings.batch_size), settings.pad_to), device);
     grad_sync.set_sync(micro == settings.accum - 1);
     auto out = methods.forward(backbone, batch);
     auto loss = out.loss / static_cast<double>(settings.accum);
@@ -400,7 +400,7 @@ int run_train(const po::variables_map& vm) {
   log::info("resolved config:\n{}", resolved_config);
 
   // ---- model, data, methods -------------------------------------------------------------------------
-  const dist::TaskInfo& task = dist::glue_task(vm["task"].as<std::string>());
+  const tasks::TaskInfo& task = tasks::glue_task(vm["task"].as<std::string>());
   TaskModel task_model = load_model(vm, task, device, settings.seed);
   model::Backbone& backbone = *task_model.backbone;
   const model::ModelConfig& config = backbone.config();
@@ -490,7 +490,7 @@ int run_train(const po::variables_map& vm) {
       step_log.end_bar_line();
       step_log.write(eval_record(step, e, task));
       log::info("eval step {}: dev accuracy {:.4f}{} on {} examples ({:.1f} s)", step, e.metrics.accuracy,
-                task.metric == dist::MetricKind::Mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "",
+                task.metric == tasks::MetricKind::Mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "",
                 e.metrics.count, e.seconds);
     }
 

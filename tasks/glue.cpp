@@ -1,5 +1,5 @@
-// dist/glue.cpp — see glue.h.
-#include "dist/glue.h"
+// tasks/glue.cpp — see glue.h.
+#include "tasks/glue.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
@@ -13,7 +13,7 @@
 
 #include "util/error.h"
 
-namespace dt::dist {
+namespace dt::tasks {
 
 // ---- tasks -------------------------------------------------------------------------------------
 
@@ -402,4 +402,4 @@ std::vector<int64_t> label_first_token_ids(const TaskInfo& task, const model::To
   return first;
 }
 
-}  // namespace dt::dist
+}  // namespace dt::tasks

@@ -1,4 +1,4 @@
-// tests/dist/test_metrics_dist.cpp — metrics gathered over 2 and 4 ranks from exact eval shards
+// tests/tasks/test_metrics_dist.cpp — metrics gathered over 2 and 4 ranks from exact eval shards
 // equal the single-process values on the same predictions, with one all-reduce of the counts.
 #include <gtest/gtest.h>
 
@@ -6,7 +6,7 @@
 
 #include <cstdlib>
 
-#include "dist/glue.h"
+#include "tasks/glue.h"
 #include "dist/metrics.h"
 #include "dist/sampler.h"
 #include "tests/mpi_test_util.h"
@@ -25,7 +25,7 @@ TEST(MetricsDist, GatheredEqualsSingleProcessOnCoLADev) {
   auto& comm = testing::test_comm();
   const char* src = std::getenv("DELTATUNE_SOURCE_DIR");
   ASSERT_NE(src, nullptr);
-  const auto dev = read_glue(std::string(src) + "/data/glue", "cola", "dev");
+  const auto dev = tasks::read_glue(std::string(src) + "/data/glue", "cola", "dev");
   const auto n = static_cast<int64_t>(dev.size());
 
   Confusion whole(2);

@@ -1,4 +1,4 @@
-// dist/glue.h — the bundled GLUE tasks (SST-2, CoLA, RTE): reading the TSVs, tokenizing, collating.
+// tasks/glue.h — the bundled GLUE tasks (SST-2, CoLA, RTE): reading the TSVs, tokenizing, collating.
 //
 // Design note: a split is read and tokenized once, up front, into one flat id buffer with offsets
 // (EncodedDataset); a training step then only gathers rows by index and pads them (collate), so the
@@ -23,7 +23,7 @@
 #include "model/config.h"
 #include "model/tokenizer.h"
 
-namespace dt::dist {
+namespace dt::tasks {
 
 struct Example {
   std::string text_a;
@@ -111,4 +111,4 @@ std::vector<std::vector<int64_t>> label_word_ids(const TaskInfo& task,
 // if two label words start with the same token, since they could not be told apart in one step.
 std::vector<int64_t> label_first_token_ids(const TaskInfo& task, const model::Tokenizer& tokenizer);
 
-}  // namespace dt::dist
+}  // namespace dt::tasks

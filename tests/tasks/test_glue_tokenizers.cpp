@@ -1,4 +1,4 @@
-// tests/dist/test_glue_tokenizers.cpp — GLUE encoding with the three real bundled tokenizers:
+// tests/tasks/test_glue_tokenizers.cpp — GLUE encoding with the three real bundled tokenizers:
 // layouts, round trips, the T5 split-encoding claim of glue.cpp, and the time to pre-tokenize SST-2.
 #include <gtest/gtest.h>
 
@@ -8,9 +8,9 @@
 #include <cstdlib>
 #include <thread>
 
-#include "dist/glue.h"
+#include "tasks/glue.h"
 
-namespace dt::dist {
+namespace dt::tasks {
 namespace {
 
 std::string data_dir() {
@@ -130,4 +130,4 @@ TEST(GlueTokenizers, Sst2TrainTimings) {
 }
 
 }  // namespace
-}  // namespace dt::dist
+}  // namespace dt::tasks

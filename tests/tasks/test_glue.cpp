@@ -1,4 +1,4 @@
-// tests/dist/test_glue.cpp — the bundled GLUE files (row counts and label balances from
+// tests/tasks/test_glue.cpp — the bundled GLUE files (row counts and label balances from
 // data/PROVENANCE.md), errors on malformed files, the three input layouts, truncation and collation.
 #include <gtest/gtest.h>
 
@@ -12,10 +12,10 @@
 
 #include <unistd.h>
 
-#include "dist/glue.h"
+#include "tasks/glue.h"
 #include "util/error.h"
 
-namespace dt::dist {
+namespace dt::tasks {
 namespace {
 
 std::string source_dir() {
@@ -342,4 +342,4 @@ TEST(GlueEncode, ThreadCountDoesNotChangeTheResult) {
 }
 
 }  // namespace
-}  // namespace dt::dist
+}  // namespace dt::tasks
