@@ -3,7 +3,10 @@
 
 #include <ATen/ops/from_blob.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <numeric>
 #include <string>
 
 #include "util/error.h"
@@ -91,6 +94,76 @@ double matthews_corrcoef(const Confusion& c) {
   return cov_tp / std::sqrt(cov_tt * cov_pp);
 }
 
+double f1_score(const Confusion& c) {
+  DT_CHECK(c.num_labels() == 2, "f1_score: binary F1 needs 2 labels, got " +
+                                    std::to_string(c.num_labels()));
+  const double tp = static_cast<double>(c.count(1, 1));
+  const double fp = static_cast<double>(c.count(0, 1));
+  const double fn = static_cast<double>(c.count(1, 0) + c.count(1, -1));  // invalid: not predicted 1
+  const double denominator = 2.0 * tp + fp + fn;
+  return denominator == 0.0 ? 0.0 : 2.0 * tp / denominator;
+}
+
+namespace {
+
+void check_pair(const std::vector<double>& x, const std::vector<double>& y, const char* what) {
+  DT_CHECK(x.size() == y.size(), std::string(what) + ": " + std::to_string(x.size()) + " values against " +
+                                     std::to_string(y.size()));
+  DT_CHECK(x.size() >= 2, std::string(what) + ": needs at least 2 values, got " +
+                              std::to_string(x.size()));
+}
+
+// Two passes (means, then centred sums): no cancellation from sums of squares.
+double pearson_unchecked(const std::vector<double>& x, const std::vector<double>& y) {
+  const double n = static_cast<double>(x.size());
+  const double mx = std::accumulate(x.begin(), x.end(), 0.0) / n;
+  const double my = std::accumulate(y.begin(), y.end(), 0.0) / n;
+  double sxy = 0.0, sxx = 0.0, syy = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double dx = x[i] - mx, dy = y[i] - my;
+    sxy += dx * dy;
+    sxx += dx * dx;
+    syy += dy * dy;
+  }
+  if (sxx == 0.0 || syy == 0.0) return 0.0;  // a constant side: no correlation defined
+  const double r = sxy / std::sqrt(sxx * syy);
+  return std::isnan(r) ? r : std::clamp(r, -1.0, 1.0);
+}
+
+// 1-based ranks, a run of equal values all getting the mean of the ranks it spans.
+std::vector<double> average_ranks(const std::vector<double>& v) {
+  std::vector<size_t> order(v.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return v[a] < v[b]; });
+  std::vector<double> ranks(v.size());
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i + 1;
+    while (j < order.size() && v[order[j]] == v[order[i]]) ++j;
+    const double rank = (static_cast<double>(i + 1) + static_cast<double>(j)) / 2.0;  // mean of i+1..j
+    for (size_t k = i; k < j; ++k) ranks[order[k]] = rank;
+    i = j;
+  }
+  return ranks;
+}
+
+bool has_nan(const std::vector<double>& v) {
+  return std::any_of(v.begin(), v.end(), [](double d) { return std::isnan(d); });
+}
+
+}  // namespace
+
+double pearson(const std::vector<double>& x, const std::vector<double>& y) {
+  check_pair(x, y, "pearson");
+  return pearson_unchecked(x, y);
+}
+
+double spearman(const std::vector<double>& x, const std::vector<double>& y) {
+  check_pair(x, y, "spearman");
+  // NaN has no place in an order (sorting it is undefined behaviour): propagate it, as scipy does.
+  if (has_nan(x) || has_nan(y)) return std::numeric_limits<double>::quiet_NaN();
+  return pearson_unchecked(average_ranks(x), average_ranks(y));
+}
+
 Confusion all_reduce_confusion(const Confusion& local, comm::Communicator& comm,
                                c10::Device device) {
   std::vector<int64_t> counts = local.counts();
@@ -104,7 +177,12 @@ Confusion all_reduce_confusion(const Confusion& local, comm::Communicator& comm,
 }
 
 EvalMetrics compute_metrics(const Confusion& c) {
-  return {c.total(), accuracy(c), matthews_corrcoef(c)};
+  EvalMetrics m;
+  m.count = c.total();
+  m.accuracy = accuracy(c);
+  m.mcc = matthews_corrcoef(c);
+  if (c.num_labels() == 2) m.f1 = f1_score(c);
+  return m;
 }
 
 EvalMetrics gather_metrics(const Confusion& local, comm::Communicator& comm, c10::Device device) {

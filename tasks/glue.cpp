@@ -5,6 +5,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <charconv>
 #include <exception>
 #include <fstream>
 #include <sstream>
@@ -24,6 +25,9 @@ const std::vector<TaskInfo>& tasks() {
       {"sst2", "SST-2", 2, false, {"negative", "positive"}, MetricKind::Accuracy},
       {"cola", "CoLA", 2, false, {"unacceptable", "acceptable"}, MetricKind::Mcc},
       {"rte", "RTE", 2, true, {"entailment", "not_entailment"}, MetricKind::Accuracy},
+      {"mrpc", "MRPC", 2, true, {"not_equivalent", "equivalent"}, MetricKind::F1},
+      {"stsb", "STS-B", 1, true, {}, MetricKind::Correlation, true},
+      {"wnli", "WNLI", 2, true, {"not_entailment", "entailment"}, MetricKind::Accuracy},
   };
   return all;
 }
@@ -63,10 +67,11 @@ std::string read_file(const std::string& path) {
 }
 
 // Splits the file into lines (LF, an optional CR before it dropped); a missing final newline and
-// blank lines at the end are fine, a blank line inside is a malformed row.
+// blank lines at the end are fine, a blank line inside is a malformed row. A UTF-8 byte order mark at
+// the start of the file is dropped (MRPC's files have one before the header).
 std::vector<std::string_view> split_lines(const std::string& text) {
   std::vector<std::string_view> lines;
-  size_t start = 0;
+  size_t start = text.compare(0, 3, "\xEF\xBB\xBF") == 0 ? 3 : 0;
   while (start < text.size()) {
     size_t end = text.find('\n', start);
     if (end == std::string::npos) end = text.size();
@@ -116,11 +121,34 @@ int64_t parse_label(std::string_view s, const TaskInfo& task, const std::string&
   bad_row(path, line_no, "label must be 0 or 1, got '" + std::string(s) + "'");
 }
 
-// The header a task's file must start with (empty: none).
+// STS-B's similarity score: a whole decimal number ("5.000", "1.4", "3", as the file mixes them) in
+// [0, 5]. std::from_chars ignores the locale and takes no leading space or '+'.
+double parse_score(std::string_view s, const std::string& path, size_t line_no) {
+  double v = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || ec != std::errc() || end != s.data() + s.size())
+    bad_row(path, line_no, "STS-B score must be a number, got '" + std::string(s) + "'");
+  if (!(v >= 0.0 && v <= 5.0))  // NaN fails too
+    bad_row(path, line_no, "STS-B score must be in [0, 5], got '" + std::string(s) + "'");
+  return v;
+}
+
+// The header a task's file must start with (empty: none), after any BOM.
 std::string expected_header(const TaskInfo& task) {
   if (task.name == "sst2") return "sentence\tlabel";
-  if (task.name == "rte") return "index\tsentence1\tsentence2\tlabel";
+  if (task.name == "rte" || task.name == "wnli") return "index\tsentence1\tsentence2\tlabel";
+  if (task.name == "mrpc") return "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String";
+  if (task.name == "stsb")
+    return "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore";
   return {};
+}
+
+// Tab-separated columns per row.
+size_t column_count(const TaskInfo& task) {
+  if (task.name == "sst2") return 2;
+  if (task.name == "mrpc") return 5;
+  if (task.name == "stsb") return 10;
+  return 4;  // cola, rte, wnli
 }
 
 }  // namespace
@@ -148,7 +176,7 @@ std::vector<Example> read_glue(const std::string& data_dir, const std::string& t
       bad_row(path, 1, "expected the " + task.dir + " header '" + header + "' (tab-separated)");
     first = 1;
   }
-  const size_t ncols = task.name == "sst2" ? 2 : 4;
+  const size_t ncols = column_count(task);
   std::vector<Example> out;
   out.reserve(lines.size());
   for (size_t i = first; i < lines.size(); ++i) {
@@ -164,7 +192,15 @@ std::vector<Example> read_glue(const std::string& data_dir, const std::string& t
     } else if (task.name == "cola") {  // source, label, original mark, sentence
       ex.text_a = trim_right(cols[3]);
       ex.label = parse_label(cols[1], task, path, line_no);
-    } else {  // rte: index, sentence1, sentence2, label
+    } else if (task.name == "mrpc") {  // quality (label), #1 id, #2 id, #1 string, #2 string
+      ex.text_a = trim_right(cols[3]);
+      ex.text_b = trim_right(cols[4]);
+      ex.label = parse_label(cols[0], task, path, line_no);
+    } else if (task.name == "stsb") {  // index, genre, filename, year, old_index, source1, source2,
+      ex.text_a = trim_right(cols[7]);  // sentence1, sentence2, score
+      ex.text_b = trim_right(cols[8]);
+      ex.score = parse_score(cols[9], path, line_no);
+    } else {  // rte, wnli: index, sentence1, sentence2, label
       ex.text_a = trim_right(cols[1]);
       ex.text_b = trim_right(cols[2]);
       ex.label = parse_label(cols[3], task, path, line_no);
@@ -211,6 +247,8 @@ EncodeOptions encode_options_for(const model::ModelConfig& config, const std::st
   EncodeOptions o;
   o.max_len = max_len;
   o.task = task;
+  for (const TaskInfo& t : tasks())  // not glue_task: a name it does not know keeps working as before
+    if (t.name == task) o.regression = t.regression;
   switch (config.arch) {
     case model::Arch::Llama: o.style = "decoder"; o.add_bos = true; break;
     case model::Arch::Bert: o.style = "bert"; break;
@@ -266,6 +304,7 @@ EncodedExample encode(const Example& example, const model::Tokenizer& tokenizer,
 
   EncodedExample out;
   out.label = example.label;
+  out.score = example.score;
   out.ids.reserve(specials + a.size() + b.size());
   out.ids.insert(out.ids.end(), head.begin(), head.end());
   out.ids.insert(out.ids.end(), a.begin(), a.end());
@@ -292,12 +331,14 @@ void encode_range(const std::vector<Example>& examples, size_t begin, size_t end
                   EncodedDataset& out) {
   out.labels.reserve(end - begin);
   out.offsets.reserve(end - begin + 1);
+  if (options.regression) out.scores.reserve(end - begin);
   for (size_t i = begin; i < end; ++i) {
     EncodedExample e = encode(examples[i], tokenizer, options);
     out.ids.insert(out.ids.end(), e.ids.begin(), e.ids.end());
     out.offsets.push_back(static_cast<int64_t>(out.ids.size()));
     out.labels.push_back(e.label);
     out.segment_b.push_back(e.segment_b);
+    if (options.regression) out.scores.push_back(static_cast<float>(e.score));
   }
 }
 
@@ -329,6 +370,7 @@ EncodedDataset encode_all(const std::vector<Example>& examples, const model::Tok
 
   EncodedDataset data = std::move(parts[0]);
   data.pad_id = pad_id;
+  data.regression = options.regression;
   for (size_t t = 1; t < threads; ++t) {
     const int64_t shift = static_cast<int64_t>(data.ids.size());
     data.ids.insert(data.ids.end(), parts[t].ids.begin(), parts[t].ids.end());
@@ -336,12 +378,16 @@ EncodedDataset encode_all(const std::vector<Example>& examples, const model::Tok
       data.offsets.push_back(parts[t].offsets[i] + shift);
     data.labels.insert(data.labels.end(), parts[t].labels.begin(), parts[t].labels.end());
     data.segment_b.insert(data.segment_b.end(), parts[t].segment_b.begin(), parts[t].segment_b.end());
+    data.scores.insert(data.scores.end(), parts[t].scores.begin(), parts[t].scores.end());
   }
   return data;
 }
 
 model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& indices, int64_t pad_to) {
   DT_CHECK(!indices.empty(), "collate: empty batch");
+  DT_CHECK(!data.regression || data.scores.size() == data.labels.size(),
+           "collate: a regression dataset of " + std::to_string(data.size()) + " examples holds " +
+               std::to_string(data.scores.size()) + " scores");
   int64_t longest = std::max<int64_t>(0, pad_to);
   for (int64_t i : indices) {
     DT_CHECK(i >= 0 && i < data.size(), "collate: index " + std::to_string(i) +
@@ -352,17 +398,21 @@ model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& ind
   model::Batch batch;
   batch.input_ids = at::empty({B, longest}, at::kLong);
   batch.attention_mask = at::empty({B, longest}, at::kLong);
-  batch.labels = at::empty({B}, at::kLong);
+  batch.labels = at::empty({B}, data.regression ? at::kFloat : at::kLong);
   int64_t* ids = batch.input_ids.data_ptr<int64_t>();
   int64_t* mask = batch.attention_mask.data_ptr<int64_t>();
-  int64_t* labels = batch.labels.data_ptr<int64_t>();
+  int64_t* labels = data.regression ? nullptr : batch.labels.data_ptr<int64_t>();
+  float* scores = data.regression ? batch.labels.data_ptr<float>() : nullptr;
   for (int64_t r = 0; r < B; ++r) {
     const int64_t i = indices[r], n = data.length(i);
     std::copy_n(data.ids.data() + data.offsets[i], n, ids + r * longest);
     std::fill(ids + r * longest + n, ids + (r + 1) * longest, data.pad_id);
     std::fill(mask + r * longest, mask + r * longest + n, int64_t{1});
     std::fill(mask + r * longest + n, mask + (r + 1) * longest, int64_t{0});
-    labels[r] = data.labels[i];
+    if (data.regression)
+      scores[r] = data.scores[i];
+    else
+      labels[r] = data.labels[i];
   }
   bool pairs = false;
   for (int64_t i : indices) pairs |= i < static_cast<int64_t>(data.segment_b.size()) && data.segment_b[i] > 0;
@@ -379,6 +429,11 @@ model::Batch collate(const EncodedDataset& data, const std::vector<int64_t>& ind
 
 std::vector<std::vector<int64_t>> label_word_ids(const TaskInfo& task,
                                                  const model::Tokenizer& tokenizer) {
+  if (task.label_words.empty())
+    throw_usage_error(task.regression
+                          ? "T5 label-word classification cannot do the regression task " + task.name +
+                                " (it has no label words)"
+                          : "task " + task.name + " has no label words for T5 label-word classification");
   DT_CHECK(tokenizer.eos_id() >= 0, "label_word_ids: the tokenizer has no EOS");
   std::vector<std::vector<int64_t>> out;
   for (const std::string& word : task.label_words) {
@@ -400,6 +455,16 @@ std::vector<int64_t> label_first_token_ids(const TaskInfo& task, const model::To
     first.push_back(ids[0]);
   }
   return first;
+}
+
+double headline_score(const TaskInfo& task, const dist::EvalMetrics& m) {
+  switch (task.metric) {
+    case MetricKind::Accuracy: return m.accuracy;
+    case MetricKind::Mcc: return m.mcc;
+    case MetricKind::F1: return (m.f1 + m.accuracy) / 2.0;
+    case MetricKind::Correlation: return (m.pearson + m.spearman) / 2.0;
+  }
+  DT_FAIL("task " + task.name + ": unknown metric kind");
 }
 
 }  // namespace dt::tasks

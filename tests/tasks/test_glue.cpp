@@ -1,14 +1,18 @@
 // tests/tasks/test_glue.cpp — the bundled GLUE files (row counts and label balances from
-// data/PROVENANCE.md), errors on malformed files, the three input layouts, truncation and collation.
+// data/PROVENANCE.md), errors on malformed files, the three input layouts, truncation and collation,
+// STS-B's regression targets, and each task's headline score.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <utility>
 
 #include <unistd.h>
 
@@ -67,11 +71,14 @@ struct SplitFacts {
 TEST(GlueFiles, RowCountsAndLabelBalancesMatchProvenance) {
   ASSERT_FALSE(source_dir().empty()) << "DELTATUNE_SOURCE_DIR is not set (run through ctest)";
   // data/PROVENANCE.md: SST-2 37,569 / 444 positive; CoLA 6,023 / 721 acceptable;
-  // RTE not_entailment (label 1) 1,241 / 131.
+  // RTE not_entailment (label 1) 1,241 / 131; MRPC equivalent (1) 2,474 of 3,668 (0: 1,194) /
+  // 279 of 408 (0: 129); WNLI 1 312 of 635 (0: 323) / 31 of 71 (0: 40).
   const SplitFacts facts[] = {
       {"sst2", "train", 67349, 37569}, {"sst2", "dev", 872, 444},
       {"cola", "train", 8551, 6023},   {"cola", "dev", 1043, 721},
       {"rte", "train", 2490, 1241},    {"rte", "dev", 277, 131},
+      {"mrpc", "train", 3668, 2474},   {"mrpc", "dev", 408, 279},
+      {"wnli", "train", 635, 312},     {"wnli", "dev", 71, 31},
   };
   for (const auto& f : facts) {
     const auto examples = read_glue(glue_dir(), f.task, f.split);
@@ -81,10 +88,48 @@ TEST(GlueFiles, RowCountsAndLabelBalancesMatchProvenance) {
       ASSERT_TRUE(e.label == 0 || e.label == 1);
       ones += e.label;
       ASSERT_FALSE(e.text_a.empty());
-      ASSERT_EQ(e.text_b.empty(), std::string(f.task) != "rte");
+      ASSERT_EQ(e.text_b.empty(), !glue_task(f.task).pair);
+      ASSERT_EQ(e.score, 0.0);
     }
     EXPECT_EQ(ones, f.label1) << f.task << " " << f.split;
   }
+}
+
+TEST(GlueFiles, StsbScoresMatchProvenance) {
+  // data/PROVENANCE.md: STS-B train 5,749 and dev 1,500 rows, scores 0–5 written as "5.000", "1.4", "3".
+  const auto train = read_glue(glue_dir(), "stsb", "train");
+  const auto dev = read_glue(glue_dir(), "stsb", "dev");
+  EXPECT_EQ(train.size(), 5749u);
+  EXPECT_EQ(dev.size(), 1500u);
+  for (const auto* split : {&train, &dev}) {
+    for (const auto& e : *split) {
+      ASSERT_GE(e.score, 0.0);
+      ASSERT_LE(e.score, 5.0);
+      ASSERT_EQ(e.label, 0);
+      ASSERT_FALSE(e.text_a.empty());
+      ASSERT_FALSE(e.text_b.empty());
+    }
+  }
+  // Sum of the dev scores, computed independently from the file with
+  //   python3 -c "from fractions import Fraction as F; rows = open('data/glue/STS-B/dev.tsv',
+  //     encoding='utf-8').read().split('\n')[1:-1]; print(sum(F(r.split('\t')[9]) for r in rows))"
+  // = 354586133333333333/100000000000000 = 3545.86133333333333 exactly (the decimal strings summed as
+  // rationals; math.fsum of the floats gives 3545.8613333333333). Summing doubles in file order may
+  // round differently in the last bits, hence the tolerance.
+  double sum = 0;
+  for (const auto& e : dev) sum += e.score;
+  EXPECT_NEAR(sum, 3545.86133333333333, 1e-9);
+  double min = 5, max = 0;
+  for (const auto& e : dev) min = std::min(min, e.score), max = std::max(max, e.score);
+  EXPECT_EQ(min, 0.0);
+  EXPECT_EQ(max, 5.0);
+  // Mixed formats: "5.000", "4.750" and, last, "0"; 2.33333333333333 occurs written out in full.
+  EXPECT_EQ(dev[0].text_a, "A man with a hard hat is dancing.");
+  EXPECT_EQ(dev[0].text_b, "A man wearing a hard hat is dancing.");
+  EXPECT_EQ(dev[0].score, 5.0);
+  EXPECT_EQ(dev[1].score, 4.75);
+  EXPECT_EQ(dev.back().text_a, "New video shows US police officers beating mentally-ill man");
+  EXPECT_EQ(dev.back().score, 0.0);
 }
 
 TEST(GlueFiles, FirstAndLastRowsAreParsedVerbatim) {
@@ -100,6 +145,24 @@ TEST(GlueFiles, FirstAndLastRowsAreParsedVerbatim) {
   EXPECT_EQ(rte[0].text_b, "Christopher Reeve had an accident.");
   EXPECT_EQ(rte[0].label, 1);  // not_entailment
   EXPECT_EQ(rte[1].label, 0);  // entailment
+  // MRPC: the BOM before the header is gone (else the header check fails); fields with an unbalanced
+  // `"` stay as they are, and the row after them is still its own row.
+  const auto mrpc = read_glue(glue_dir(), "mrpc", "dev");
+  EXPECT_EQ(mrpc[0].label, 1);
+  EXPECT_EQ(mrpc[0].text_a,
+            "He said the foodservice pie business doesn 't fit the company 's long-term growth strategy .");
+  EXPECT_EQ(mrpc[0].text_b, "\" The foodservice pie business does not fit our long-term growth strategy .");
+  EXPECT_EQ(mrpc.back().text_b,
+            "In Soviet times the Beatles ' music \" was considered propaganda of an alien ideology .");
+  const auto mrpc_train = read_glue(glue_dir(), "mrpc", "train");
+  EXPECT_EQ(mrpc_train[0].text_a.substr(0, 30), "Amrozi accused his brother , w");
+  EXPECT_EQ(mrpc_train[1].label, 0);
+  const auto wnli = read_glue(glue_dir(), "wnli", "dev");
+  EXPECT_EQ(wnli[0].text_a, "The drain is clogged with hair. It has to be cleaned.");
+  EXPECT_EQ(wnli[0].text_b, "The hair has to be cleaned.");
+  EXPECT_EQ(wnli[0].label, 0);
+  EXPECT_EQ(wnli[1].label, 1);
+  EXPECT_EQ(wnli.back().text_b, "Eric was not particularly eager to see it.");
 }
 
 TEST(GlueFiles, AcceptsTheTaskFolderItself) {
@@ -107,8 +170,25 @@ TEST(GlueFiles, AcceptsTheTaskFolderItself) {
 }
 
 TEST(GlueTasks, InfoAndLabelWords) {
+  EXPECT_EQ(glue_task_names(), (std::vector<std::string>{"sst2", "cola", "rte", "mrpc", "stsb", "wnli"}));
   EXPECT_EQ(glue_task("cola").metric, MetricKind::Mcc);
   EXPECT_EQ(glue_task("sst2").metric, MetricKind::Accuracy);
+  EXPECT_EQ(glue_task("mrpc").metric, MetricKind::F1);
+  EXPECT_EQ(glue_task("stsb").metric, MetricKind::Correlation);
+  EXPECT_EQ(glue_task("wnli").metric, MetricKind::Accuracy);
+  EXPECT_EQ(glue_task("mrpc").dir, "MRPC");
+  EXPECT_EQ(glue_task("stsb").dir, "STS-B");
+  EXPECT_EQ(glue_task("wnli").dir, "WNLI");
+  for (const char* t : {"mrpc", "stsb", "wnli"}) EXPECT_TRUE(glue_task(t).pair) << t;
+  EXPECT_TRUE(glue_task("stsb").regression);
+  EXPECT_EQ(glue_task("stsb").num_labels, 1);
+  EXPECT_TRUE(glue_task("stsb").label_words.empty());
+  for (const char* t : {"sst2", "cola", "rte", "mrpc", "wnli"}) {
+    EXPECT_FALSE(glue_task(t).regression) << t;
+    EXPECT_EQ(glue_task(t).num_labels, 2) << t;
+  }
+  EXPECT_EQ(glue_task("mrpc").label_words, (std::vector<std::string>{"not_equivalent", "equivalent"}));
+  EXPECT_EQ(glue_task("wnli").label_words, (std::vector<std::string>{"not_entailment", "entailment"}));
   EXPECT_TRUE(glue_task("rte").pair);
   EXPECT_EQ(glue_task("rte").label_words, (std::vector<std::string>{"entailment", "not_entailment"}));
   EXPECT_EQ(glue_task("sst2").label_words[1], "positive");
@@ -121,6 +201,64 @@ TEST(GlueTasks, InfoAndLabelWords) {
   TaskInfo same = glue_task("sst2");
   same.label_words = {"pos", "positive"};
   EXPECT_THROW(label_first_token_ids(same, tok), Error);
+  // MRPC's and WNLI's words start apart; STS-B has none: T5 label words cannot regress.
+  EXPECT_EQ(label_first_token_ids(glue_task("mrpc"), tok), (std::vector<int64_t>{'n' + 3, 'e' + 3}));
+  EXPECT_EQ(label_first_token_ids(glue_task("wnli"), tok), (std::vector<int64_t>{'n' + 3, 'e' + 3}));
+  for (int first_only = 0; first_only < 2; ++first_only) {
+    try {
+      if (first_only)
+        label_first_token_ids(glue_task("stsb"), tok);
+      else
+        label_word_ids(glue_task("stsb"), tok);
+      ADD_FAILURE() << "stsb has no label words, yet no UsageError";
+    } catch (const UsageError& e) {
+      EXPECT_NE(std::string(e.what()).find(
+                    "T5 label-word classification cannot do the regression task stsb"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+// With T5's own SentencePiece model, every classification task's label words start with different
+// tokens (what the one-step T5 head needs); stsb, having none, is refused.
+TEST(GlueTasks, T5LabelWordsOfEveryClassificationTask) {
+  auto tok = model::load_tokenizer(source_dir() + "/data/tokenizers/t5-spiece.model");
+  for (const auto& name : glue_task_names()) {
+    const TaskInfo& task = glue_task(name);
+    if (task.regression) {
+      EXPECT_THROW(label_first_token_ids(task, *tok), UsageError) << name;
+      continue;
+    }
+    const auto first = label_first_token_ids(task, *tok);
+    ASSERT_EQ(first.size(), 2u) << name;
+    EXPECT_NE(first[0], first[1]) << name;
+    EXPECT_EQ(tok->decode(label_word_ids(task, *tok)[1]), task.label_words[1]) << name;
+  }
+}
+
+// The GLUE-benchmark score of a task, from made-up metrics that tell the fields apart.
+TEST(GlueTasks, HeadlineScorePerMetricKind) {
+  dist::EvalMetrics m;
+  m.count = 100;
+  m.accuracy = 0.8;
+  m.mcc = 0.5;
+  m.f1 = 0.9;
+  m.pearson = 0.6;
+  m.spearman = 0.7;
+  EXPECT_EQ(headline_score(glue_task("sst2"), m), 0.8);
+  EXPECT_EQ(headline_score(glue_task("rte"), m), 0.8);
+  EXPECT_EQ(headline_score(glue_task("wnli"), m), 0.8);
+  EXPECT_EQ(headline_score(glue_task("cola"), m), 0.5);
+  EXPECT_DOUBLE_EQ(headline_score(glue_task("mrpc"), m), (0.9 + 0.8) / 2);  // 0.85
+  EXPECT_DOUBLE_EQ(headline_score(glue_task("stsb"), m), (0.6 + 0.7) / 2);  // 0.65
+  // From real counts: TP 5, TN 3, FP 2, FN 1 -> accuracy 8/11, F1 10/13, MRPC score their mean.
+  dist::Confusion c(2);
+  const int counts[][3] = {{1, 1, 5}, {0, 0, 3}, {0, 1, 2}, {1, 0, 1}};  // label, prediction, times
+  for (const auto& [label, pred, n] : counts)
+    for (int i = 0; i < n; ++i) c.add(label, pred);
+  const dist::EvalMetrics real = dist::compute_metrics(c);
+  EXPECT_DOUBLE_EQ(headline_score(glue_task("mrpc"), real), (8.0 / 11.0 + 10.0 / 13.0) / 2);
 }
 
 // ---- errors ------------------------------------------------------------------------------------
@@ -131,7 +269,8 @@ class GlueErrors : public ::testing::Test {
     dir_ = std::filesystem::path(::testing::TempDir()) /
            ("glue_errors_" + std::to_string(::getpid()));
     std::filesystem::remove_all(dir_);
-    for (const char* d : {"SST-2", "CoLA", "RTE"}) std::filesystem::create_directories(dir_ / d);
+    for (const char* d : {"SST-2", "CoLA", "RTE", "MRPC", "STS-B", "WNLI"})
+      std::filesystem::create_directories(dir_ / d);
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
   void write(const std::string& rel, const std::string& text) {
@@ -180,8 +319,78 @@ TEST_F(GlueErrors, NameFileAndLine) {
   EXPECT_NE(msg.find("CoLA/dev.tsv:2:"), std::string::npos) << msg;
 }
 
+// MRPC, STS-B and WNLI: one malformed row of each kind, named by file and line.
+TEST_F(GlueErrors, NewTasksNameFileAndLine) {
+  const std::string bom = "\xEF\xBB\xBF";
+  const std::string mrpc_header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n";
+  write("MRPC/train.tsv", bom + mrpc_header + "1\t1\t2\ta \"\tb\n0\t3\t4\tonly a\n");
+  std::string msg = error_of("mrpc", "train");
+  EXPECT_NE(msg.find("MRPC/train.tsv:3: expected 5 tab-separated columns, found 4"), std::string::npos)
+      << msg;
+  write("MRPC/dev.tsv", bom + mrpc_header + "1\t1\t2\ta\tb\nyes\t3\t4\tc\td\n");
+  msg = error_of("mrpc", "dev");
+  EXPECT_NE(msg.find("MRPC/dev.tsv:3: label must be 0 or 1, got 'yes'"), std::string::npos) << msg;
+  // The BOM is optional; a header that differs after it is not.
+  write("MRPC/dev.tsv", mrpc_header + "1\t1\t2\t\" a\t\"b \" c\n");
+  ASSERT_EQ(error_of("mrpc", "dev"), "");
+  const auto ex = read_glue(dir_.string(), "mrpc", "dev");
+  ASSERT_EQ(ex.size(), 1u);
+  EXPECT_EQ(ex[0].text_a, "\" a");  // quotes are text: no CSV quoting
+  EXPECT_EQ(ex[0].text_b, "\"b \" c");
+  write("MRPC/dev.tsv", bom + "Quality\t#1 String\t#2 String\n1\ta\tb\n");
+  msg = error_of("mrpc", "dev");
+  EXPECT_NE(msg.find("MRPC/dev.tsv:1: expected the MRPC header"), std::string::npos) << msg;
+
+  const std::string stsb_header =
+      "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n";
+  const auto stsb_row = [](const std::string& score) {
+    return "0\tmain-captions\tMSRvid\t2012test\t0001\tnone\tnone\tA man.\tA person.\t" + score + "\n";
+  };
+  const std::pair<const char*, const char*> bad_scores[] = {
+      {"5.5", "STS-B score must be in [0, 5], got '5.5'"},
+      {"-0.2", "STS-B score must be in [0, 5], got '-0.2'"},
+      {"nan", "STS-B score must be in [0, 5], got 'nan'"},
+      {"high", "STS-B score must be a number, got 'high'"},
+      {"3.0x", "STS-B score must be a number, got '3.0x'"},
+      {" 3", "STS-B score must be a number, got ' 3'"},
+      {"", "STS-B score must be a number, got ''"},
+  };
+  for (const auto& [score, problem] : bad_scores) {
+    write("STS-B/train.tsv", stsb_header + stsb_row("5.000") + stsb_row("1.4") + stsb_row(score));
+    msg = error_of("stsb", "train");
+    EXPECT_NE(msg.find(std::string("STS-B/train.tsv:4: ") + problem), std::string::npos)
+        << score << ": " << msg;
+  }
+  write("STS-B/dev.tsv", stsb_header + stsb_row("3") + "0\tgenre\tA man.\tA person.\t2.5\n");
+  msg = error_of("stsb", "dev");
+  EXPECT_NE(msg.find("STS-B/dev.tsv:3: expected 10 tab-separated columns, found 5"), std::string::npos)
+      << msg;
+  write("STS-B/dev.tsv", stsb_header + stsb_row("5.000") + stsb_row("1.4") + stsb_row("3") +
+                             stsb_row("0") + stsb_row("2.33333333333333"));
+  const auto scores = read_glue(dir_.string(), "stsb", "dev");
+  ASSERT_EQ(scores.size(), 5u);
+  EXPECT_EQ(scores[0].score, 5.0);
+  EXPECT_EQ(scores[1].score, 1.4);
+  EXPECT_EQ(scores[2].score, 3.0);
+  EXPECT_EQ(scores[3].score, 0.0);
+  EXPECT_EQ(scores[4].score, 2.33333333333333);
+
+  write("WNLI/train.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\t1\n1\tc\td\tentailment\n");
+  msg = error_of("wnli", "train");
+  EXPECT_NE(msg.find("WNLI/train.tsv:3: label must be 0 or 1, got 'entailment'"), std::string::npos)
+      << msg;
+  write("WNLI/dev.tsv", "index\tsentence1\tsentence2\tlabel\n0\ta\tb\t1\textra\n");
+  msg = error_of("wnli", "dev");
+  EXPECT_NE(msg.find("WNLI/dev.tsv:2: expected 4 tab-separated columns, found 5"), std::string::npos)
+      << msg;
+  write("WNLI/dev.tsv", "sentence1\tsentence2\tlabel\n");
+  msg = error_of("wnli", "dev");
+  EXPECT_NE(msg.find("WNLI/dev.tsv:1: expected the WNLI header"), std::string::npos) << msg;
+}
+
 TEST_F(GlueErrors, UnknownTaskSplitAndMissingFile) {
-  EXPECT_NE(error_of("mnli", "train").find("unknown GLUE task 'mnli' (known: sst2, cola, rte)"),
+  EXPECT_NE(error_of("mnli", "train").find(
+                "unknown GLUE task 'mnli' (known: sst2, cola, rte, mrpc, stsb, wnli)"),
             std::string::npos);
   EXPECT_NE(error_of("sst2", "test").find("unknown GLUE split 'test'"), std::string::npos);
   const std::string msg = error_of("sst2", "train");
@@ -262,8 +471,62 @@ TEST(GlueEncode, T5Layout) {
   o.task = "rte";
   EXPECT_EQ(encode({"A b.", "C.", 1}, tok, o).ids,
             cat({bytes("rte sentence1: A b."), bytes("sentence2: C."), {2}}));
+  // The T5 paper's prefixes for the other pair tasks follow the same pattern.
+  for (const char* task : {"mrpc", "stsb", "wnli"}) {
+    o.task = task;
+    EXPECT_EQ(encode({"A b.", "C.", 1}, tok, o).ids,
+              cat({bytes(std::string(task) + " sentence1: A b."), bytes("sentence2: C."), {2}}));
+  }
   o.task.clear();
   EXPECT_THROW(encode({"x", "", 0}, tok, o), UsageError);
+}
+
+// STS-B end to end: encode_options_for marks it a regression task, the scores ride along, and collate
+// hands them out as float32 labels (the classification tasks keep int64 class ids).
+TEST(GlueEncode, StsbCollatesFloatScores) {
+  model::ModelConfig bert;
+  bert.arch = model::Arch::Bert;
+  const EncodeOptions o = encode_options_for(bert, "stsb", 64);
+  EXPECT_TRUE(o.regression);
+  EXPECT_EQ(o.style, "bert");
+  EXPECT_FALSE(encode_options_for(bert, "mrpc", 64).regression);
+  EXPECT_FALSE(encode_options_for(bert, "rte", 64).regression);
+
+  ByteTokenizer tok(/*bos as [CLS]=*/101);
+  EXPECT_EQ(encode({"a", "b", 0, 3.8}, tok, o).score, 3.8);
+  const auto dev = read_glue(glue_dir(), "stsb", "dev");
+  const EncodedDataset data = encode_all(dev, tok, o);
+  ASSERT_TRUE(data.regression);
+  ASSERT_EQ(data.scores.size(), dev.size());
+  ASSERT_EQ(data.size(), 1500);
+  const std::vector<int64_t> rows = {0, 1, 1499, 7, 700};
+  const model::Batch b = collate(data, rows);
+  ASSERT_EQ(b.labels.scalar_type(), at::kFloat);
+  ASSERT_EQ(b.labels.sizes(), (at::IntArrayRef{5}));
+  for (size_t r = 0; r < rows.size(); ++r)
+    EXPECT_EQ(b.labels[r].item<float>(), static_cast<float>(dev[rows[r]].score)) << rows[r];
+  EXPECT_EQ(b.labels[0].item<float>(), 5.0f);
+  EXPECT_EQ(b.labels[1].item<float>(), 4.75f);
+  EXPECT_EQ(b.labels[2].item<float>(), 0.0f);
+  EXPECT_TRUE(b.token_type_ids.defined());  // BERT pairs
+
+  // The same examples without the regression flag collate as class ids, as before.
+  EncodeOptions cls = o;
+  cls.regression = false;
+  const EncodedDataset as_classes = encode_all(dev, tok, cls);
+  EXPECT_FALSE(as_classes.regression);
+  EXPECT_TRUE(as_classes.scores.empty());
+  EXPECT_EQ(collate(as_classes, rows).labels.scalar_type(), at::kLong);
+
+  // Scores survive the thread split of encode_all (STS-B train: 5,749 rows, 2 chunks).
+  const auto train = read_glue(glue_dir(), "stsb", "train");
+  EncodeOptions threaded = o;
+  threaded.num_threads = 3;
+  const EncodedDataset t = encode_all(train, tok, threaded);
+  ASSERT_EQ(t.scores.size(), train.size());
+  for (size_t i = 0; i < train.size(); ++i) ASSERT_EQ(t.scores[i], static_cast<float>(train[i].score)) << i;
+  threaded.num_threads = 1;
+  EXPECT_EQ(encode_all(train, tok, threaded).scores, t.scores);
 }
 
 TEST(GlueEncode, BadOptionsAreUsageErrors) {
