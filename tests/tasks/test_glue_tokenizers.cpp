@@ -80,6 +80,7 @@ TEST(GlueTokenizers, T5StyleEqualsEncodingTheJoinedText) {
   EXPECT_EQ(tok->decode(words[1]), "not_entailment");
   // The one-step T5 head tells the classes apart by the label words' first tokens.
   for (const auto& task : glue_task_names()) {
+    if (glue_task(task).regression) continue;  // stsb has no label words
     const auto first = label_first_token_ids(glue_task(task), *tok);
     ASSERT_EQ(first.size(), 2u);
     EXPECT_NE(first[0], first[1]) << task;
