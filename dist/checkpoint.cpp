@@ -294,6 +294,7 @@ void write_file(const std::string& path, const CheckpointState& s) {
   write_number_attr<int64_t>(file, "step", s.step);
   write_number_attr<int64_t>(file, "epoch", s.epoch);
   write_number_attr<int64_t>(file, "sampler_position", s.sampler_position);
+  if (!s.task_sampler.empty()) write_string_attr(file, "task_sampler", s.task_sampler);
   write_number_attr<int64_t>(file, "world_size", s.world_size);
   write_number_attr<double>(file, "lr", s.lr);
   write_string_attr(file, "schedule", s.schedule);
@@ -491,6 +492,7 @@ void read_meta(hid_t file, CheckpointState& s) {
   s.step = read_number_attr<int64_t>(file, "step");
   s.epoch = read_number_attr<int64_t>(file, "epoch");
   s.sampler_position = read_number_attr<int64_t>(file, "sampler_position");
+  if (H5Aexists(file, "task_sampler") > 0) s.task_sampler = read_string_attr(file, "task_sampler");
   s.world_size = read_number_attr<int64_t>(file, "world_size");
   s.lr = read_number_attr<double>(file, "lr");
   s.schedule = read_string_attr(file, "schedule");

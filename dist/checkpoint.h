@@ -6,7 +6,7 @@
 // position / schedule, the resolved config, the method description and the backbone's identity —
 // never the frozen backbone. One HDF5 file per checkpoint, `ckpt-<step>.h5`, written by rank 0
 // (the deltas are replicated), laid out for h5dump and h5py users:
-//   /            attributes: format, format_version, step, epoch, sampler_position, world_size, lr,
+//   /            attributes: format, format_version, step, epoch, sampler_position, [task_sampler], world_size, lr,
 //                schedule, method, optimizer, backbone_name, backbone_sha256, backbone_tensors_hash
 //   /trainable/<name>   values, the tensor's shape and HDF5 type (bf16: uint16 + attribute dtype)
 //   /optimizer/<name>   "<param>.<slot>" as Optimizer::state() names them
@@ -62,6 +62,9 @@ struct CheckpointState {
   int64_t step = 0;  // optimizer steps taken
   int64_t epoch = 0;
   int64_t sampler_position = 0;  // DistributedSampler::State::position
+  // A multi-task run's sampler (tasks/multitask.h: batches drawn and every task's epoch/position) as
+  // its own text; "" for one task, whose state is epoch + sampler_position. Attribute task_sampler.
+  std::string task_sampler;
   int64_t world_size = 1;
   double lr = 0;                 // rate of the last step taken
   std::string schedule;          // e.g. "linear base_lr=0.001 warmup=0 total=200"

@@ -34,10 +34,15 @@ void write_predictions(const std::string& path, const tasks::EncodedDataset& dev
   for (int64_t i = 0; i < dev.size(); ++i) {
     const auto begin = dev.ids.begin() + dev.offsets[i], end = dev.ids.begin() + dev.offsets[i + 1];
     nlohmann::json j = {{"index", i},
-                        {"label", dev.labels[i]},
-                        {"prediction", std::max_element(l + i * labels, l + (i + 1) * labels) - (l + i * labels)},
                         {"logits", std::vector<float>(l + i * labels, l + (i + 1) * labels)},
                         {"input_ids", std::vector<int64_t>(begin, end)}};
+    if (dev.regression) {  // STS-B: the score and the predicted score
+      j["label"] = dev.scores[i];
+      j["prediction"] = l[i * labels];
+    } else {
+      j["label"] = dev.labels[i];
+      j["prediction"] = std::max_element(l + i * labels, l + (i + 1) * labels) - (l + i * labels);
+    }
     const int64_t segment_b = i < static_cast<int64_t>(dev.segment_b.size()) ? dev.segment_b[i] : 0;
     if (segment_b > 0) {  // a BERT sentence pair: the token types collate gives it
       std::vector<int64_t> types(dev.length(i), 0);
@@ -66,7 +71,19 @@ int run_eval(const po::variables_map& vm) {
   overrides.data = option_or_empty(vm, "data");
   overrides.task = option_or_empty(vm, "task");
   RestoredModel r = restore_model(path, overrides, /*check_identity=*/comm.rank() == 0);
-  const tasks::TaskInfo& task = *r.task;
+  // The checkpoint's tasks, or those --task picks among them (restore_model refused any other).
+  const tasks::TaskList& trained = r.task_list;
+  std::vector<int64_t> which;
+  if (overrides.task.empty()) {
+    for (size_t t = 0; t < trained.tasks.size(); ++t) which.push_back(static_cast<int64_t>(t));
+  } else {
+    for (const tasks::TaskInfo* asked : tasks::parse_task_list(overrides.task).tasks) which.push_back(trained.index_of(asked->name));
+  }
+  const bool predictions = vm.count("predictions") > 0;
+  if (predictions && which.size() > 1) {
+    throw_usage_error("deltatune eval: --predictions writes one task's dev set; this checkpoint has " +
+                      trained.names() + ": add --task <one of them>");
+  }
   // Restored on the host; the forward runs on --device, the frozen weights in the training dtype (the
   // methods are attached already: what they train stays float32).
   model::backbone_to(*r.model.backbone, session.device(),
@@ -74,37 +91,55 @@ int run_eval(const po::variables_map& vm) {
   r.methods.to(session.device(), r.trainables);
   log::info("eval {}: step {}, method {}, {} rank(s)", path, r.state.step, r.state.method, comm.size());
 
-  // ---- the dev set as train read it ----------------------------------------------------------------
   const auto& cfg = r.options;
   int64_t max = vm["eval.max"].as<int64_t>();
   if (max < 0) max = cfg["train.eval-max"].as<int64_t>();
   int64_t batch_size = vm["eval.batch-size"].as<int64_t>();
   if (batch_size <= 0) batch_size = cfg["train.eval-batch-size"].as<int64_t>();
-  const auto encode =
-      tasks::encode_options_for(r.model.backbone->config(), task.name, cfg["train.max-len"].as<int64_t>());
-  const tasks::EncodedDataset dev = load_dev_set(cfg["data"].as<std::string>(), task, *r.model.tokenizer, encode, max);
+  std::vector<Evaluation> evaluations;
+  nlohmann::json record;
+  for (int64_t t : which) {
+    const tasks::TaskInfo& task = *trained.tasks[t];
+    // ---- the dev set as train read it --------------------------------------------------------------
+    const auto encode =
+        tasks::encode_options_for(r.model.backbone->config(), task.name, cfg["train.max-len"].as<int64_t>());
+    const tasks::EncodedDataset dev = load_dev_set(cfg["data"].as<std::string>(), task, *r.model.tokenizer, encode, max);
+    // ---- evaluate (collective) ----------------------------------------------------------------------
+    const Evaluation e = evaluate(r.methods, *r.model.backbone, dev, trained, t, batch_size, comm, predictions);
+    log::info("eval step {}: dev {} on {} examples of {} ({:.1f} s)", r.state.step, metrics_text(e, task),
+              e.metrics.count, task.name, e.seconds);
+    if (predictions && comm.rank() == 0) write_predictions(vm["predictions"].as<std::string>(), dev, e.logits);
+    record = eval_record(r.state.step, e, task);
+    evaluations.push_back(e);
+  }
+  if (trained.multi()) {
+    // Every task of the run: train's multi-task record; some of them: each one's keys under its name.
+    if (which.size() == trained.tasks.size()) {
+      record = multitask_eval_record(r.state.step, evaluations, trained);
+      log::info("eval step {}: average GLUE score {:.4f} over {}", r.state.step, record["eval_average"].get<double>(),
+                trained.names());
+    } else {
+      tasks::TaskList picked;
+      for (int64_t t : which) {
+        picked.tasks.push_back(trained.tasks[t]);
+        picked.head_offsets.push_back(trained.head_offsets[t]);
+      }
+      record = multitask_eval_record(r.state.step, evaluations, picked);
+    }
+  }
 
-  // ---- evaluate (collective) ------------------------------------------------------------------------
-  const bool predictions = vm.count("predictions") > 0;
-  const Evaluation e = evaluate(r.methods, *r.model.backbone, dev, task.num_labels, batch_size, comm, predictions);
-  const bool mcc = task.metric == tasks::MetricKind::Mcc;
-  log::info("eval step {}: dev accuracy {:.4f}{} on {} examples of {} ({:.1f} s)", r.state.step, e.metrics.accuracy,
-            mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "", e.metrics.count, task.name, e.seconds);
-
-  const nlohmann::json record = eval_record(r.state.step, e, task);
   if (comm.rank() == 0) {
     if (vm.count("json")) {
       const std::string out = vm["json"].as<std::string>();
       nlohmann::json j = record;
       j["checkpoint"] = path;
-      j["task"] = task.name;
+      j["task"] = overrides.task.empty() ? trained.names() : overrides.task;
       j["method"] = r.state.method;
       j["world_size"] = comm.size();
       std::ofstream f(out);
       f << j.dump(2) << "\n";
       if (!f) throw_usage_error("deltatune eval: --json: cannot write '" + out + "'");
     }
-    if (predictions) write_predictions(vm["predictions"].as<std::string>(), dev, e.logits);
     if (vm.count("metrics")) {
       std::ofstream f(vm["metrics"].as<std::string>(), std::ios::app);
       f << record.dump() << "\n";
@@ -128,7 +163,8 @@ Subcommand eval_subcommand() {
          "its sha256 must equal the recorded one")
         ("tokenizer", po::value<std::string>(), "tokenizer file (default: the checkpoint's)")
         ("data", po::value<std::string>(), "GLUE data directory (default: the checkpoint's)")
-        ("task", po::value<std::string>(), "must be the checkpoint's task (default: it); another is refused")
+        ("task", po::value<std::string>(), "the checkpoint's task, or some of a multi-task checkpoint's (default: all of "
+         "them); another is refused")
         ("device", po::value<std::string>()->default_value("cpu"), "cpu | cuda | auto: where the forward runs")
         ("eval.batch-size", po::value<int64_t>()->default_value(0),
          "examples per rank per batch (0: the checkpoint's --train.eval-batch-size)")

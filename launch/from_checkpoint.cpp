@@ -90,18 +90,25 @@ RestoredModel restore_model(const std::string& checkpoint_path, const Checkpoint
   override_with("data", overrides.data);
   r.options = parse_checkpoint_config(saved.config_ini, words, checkpoint_path);
   const std::string trained_task = r.options["task"].as<std::string>();
-  if (!overrides.task.empty() && overrides.task != trained_task) {
-    refuse("it was trained on " + trained_task + " (its head and label words are that task's); evaluating it on " +
-           overrides.task + " would be meaningless — train on " + overrides.task + " instead");
+  r.task_list = tasks::parse_task_list(trained_task);
+  r.task = r.task_list.tasks.front();
+  if (!overrides.task.empty()) {
+    for (const tasks::TaskInfo* asked : tasks::parse_task_list(overrides.task).tasks) {
+      bool trained = false;
+      for (const tasks::TaskInfo* t : r.task_list.tasks) trained |= t == asked;
+      if (!trained) {
+        refuse("it was trained on " + trained_task + " (its heads and label words are for that); evaluating it on " +
+               asked->name + " would be meaningless — train on " + asked->name + " instead");
+      }
+    }
   }
-  r.task = &tasks::glue_task(trained_task);
 
   // ---- the backbone, checked against the recorded identity -----------------------------------------
   const std::string model_arg = r.options["model"].as<std::string>();
   const dist::BackboneIdentity& id = saved.backbone;
   torch::manual_seed(r.options["train.seed"].as<uint64_t>());  // a named config's random init, as train did
   try {
-    r.model = load_task_model(model_arg, r.options["tokenizer"].as<std::string>(), *r.task);
+    r.model = load_task_model(model_arg, r.options["tokenizer"].as<std::string>(), r.task_list);
   } catch (const UsageError& e) {
     refuse("it was trained on backbone '" + id.name + "', and --model " + model_arg + " does not load as it: " +
            e.what());

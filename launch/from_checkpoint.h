@@ -34,14 +34,15 @@ struct CheckpointOverrides {
   std::string model;      // the weights moved; the identity check still applies
   std::string tokenizer;
   std::string data;       // another copy of the GLUE folders
-  std::string task;       // must equal the checkpoint's (its head and label words were trained for it)
+  std::string task;       // the checkpoint's task, or some of a multi-task checkpoint's (their heads were trained)
 };
 
 struct RestoredModel {
   std::string path;                // the checkpoint file read
   dist::CheckpointState state;     // as read (every checksum verified)
   boost::program_options::variables_map options;  // the run's resolved options, overrides applied
-  const tasks::TaskInfo* task = nullptr;
+  tasks::TaskList task_list;       // the run's --task list (its heads, in order)
+  const tasks::TaskInfo* task = nullptr;  // its first task (the only one of a single-task run)
   TaskModel model;                 // backbone (hooks attached) + tokenizer
   peft::MethodSet methods;
   std::vector<peft::Trainable> trainables;  // holding the checkpoint's values

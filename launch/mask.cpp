@@ -13,10 +13,12 @@
 
 #include "dist/agreement.h"
 #include "tasks/glue.h"
+#include "tasks/multitask.h"
 #include "dist/sampler.h"
 #include "launch/cli.h"
 #include "launch/method_options.h"
 #include "launch/session.h"
+#include "launch/task_model.h"
 #include "model/device.h"
 #include "model/load.h"
 #include "model/tokenizer.h"
@@ -45,31 +47,30 @@ int run_mask(const po::variables_map& vm) {
   const auto start = std::chrono::steady_clock::now();
 
   // ---- model and data, as `train` has them
-  const tasks::TaskInfo& task = tasks::glue_task(vm["task"].as<std::string>());
+  const tasks::TaskList task_list = tasks::parse_task_list(vm["task"].as<std::string>());
   torch::manual_seed(vm["train.seed"].as<uint64_t>());
-  auto backbone = model::load_backbone(vm["model"].as<std::string>(), task.num_labels);
-  auto tokenizer = model::load_tokenizer(vm["tokenizer"].as<std::string>());
-  if (backbone->reads_label_words()) backbone->set_label_token_ids(tasks::label_first_token_ids(task, *tokenizer));
+  TaskModel m = load_task_model(vm["model"].as<std::string>(), vm["tokenizer"].as<std::string>(), task_list);
+  model::Backbone& backbone = *m.backbone;
   // The Fisher pass runs where training will (--device, --train.dtype), as train's own does.
-  model::backbone_to(*backbone, session.device(), model::frozen_dtype(vm["train.dtype"].as<std::string>()));
-  const tasks::EncodedDataset data = tasks::encode_all(
-      tasks::read_glue(vm["data"].as<std::string>(), task.name, "train"), *tokenizer,
-      tasks::encode_options_for(backbone->config(), task.name, vm["train.max-len"].as<int64_t>()));
-  const std::vector<int64_t> order = dist::portable_permutation(data.size(), options.seed);
-  const sparse::SampleFn sample = [&](const std::vector<int64_t>& ids) {
-    std::vector<int64_t> rows;
-    for (int64_t i : ids) rows.push_back(order.at(i));
-    return tasks::collate(data, rows);
-  };
-  log::info("deltatune mask: {} ranks, {} ({} train examples), fish({})", comm.size(), backbone->config().name,
-            data.size(), sparse::describe_fish_options(options));
+  model::backbone_to(backbone, session.device(), model::frozen_dtype(vm["train.dtype"].as<std::string>()));
+  std::vector<tasks::EncodedDataset> train;
+  int64_t examples = 0;
+  for (const tasks::TaskInfo* task : task_list.tasks) {
+    train.push_back(tasks::encode_all(
+        tasks::read_glue(vm["data"].as<std::string>(), task->name, "train"), *m.tokenizer,
+        tasks::encode_options_for(backbone.config(), task->name, vm["train.max-len"].as<int64_t>())));
+    examples += train.back().size();
+  }
+  const peft::TrainingData samples = training_samples(train, task_list, options.seed);
+  log::info("deltatune mask: {} ranks, {} ({} train examples of {}), fish({})", comm.size(), backbone.config().name,
+            examples, task_list.names(), sparse::describe_fish_options(options));
 
   // ---- Fisher + top-k, the same on every rank
   const auto fisher_start = std::chrono::steady_clock::now();
-  sparse::Mask mask = sparse::compute_fish_mask(*backbone, sample, data.size(), &comm, options);
+  sparse::Mask mask = sparse::compute_fish_mask(backbone, samples.sample, samples.available, &comm, options);
   const double fisher_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - fisher_start).count();
-  mask.metadata["task"] = task.name;
+  mask.metadata["task"] = task_list.names();
   dist::agree_or_throw(comm, {{"mask", mask.hash_hex()}});
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 

@@ -6,6 +6,7 @@
 #include <variant>
 
 #include "sparse/methods.h"
+#include "tasks/multitask.h"
 
 namespace dt::launch {
 namespace {
@@ -37,7 +38,8 @@ void add_method_options(po::options_description& desc) {
   desc.add_options()
       ("method", po::value<std::string>()->default_value("full"),
        "PEFT method, or several joined by '+': full, bitfit, houlsby, pfeiffer, parallel_adapter, lora, prefix, "
-       "prompt, ia3, compacter, mam, lst, fish, dsee");
+       "prompt, ia3, compacter, mam, lst, fish, dsee; multi-task (with --task a,b,...): shared_adapter, hyperformer, "
+       "hyperprompt, attempt");
   // Each method declares its own section (--lora.r, ...): declared once, where the method lives.
   sparse::register_methods();  // fish, dsee: peft cannot depend on sparse, so launch registers them
   for (const auto& spec : peft::Registry::global().all_options()) add_option(desc, spec);
@@ -58,7 +60,15 @@ peft::OptionValues method_option_values(const po::variables_map& vm) {
 }
 
 peft::MethodSet method_set_from(const po::variables_map& vm) {
-  return peft::MethodSet::from_names(vm["method"].as<std::string>(), method_option_values(vm));
+  // Task-conditioned methods size their per-task tensors by the run's --task list (eval and export
+  // pass the checkpoint's stored options: the tasks it trained).
+  std::vector<std::string> tasks;
+  if (vm.count("task")) {
+    for (const tasks::TaskInfo* task : tasks::parse_task_list(vm["task"].as<std::string>()).tasks) {
+      tasks.push_back(task->name);
+    }
+  }
+  return peft::MethodSet::from_names(vm["method"].as<std::string>(), method_option_values(vm), tasks);
 }
 
 }  // namespace dt::launch

@@ -33,9 +33,11 @@ void add_model_options(po::options_description& desc) {
        "file (.safetensors, llama2.c .bin) or a Hugging Face model directory (its model.safetensors + config.json)")
       ("tokenizer", po::value<std::string>()->default_value("data/stories260K/tok512.bin"),
        "tokenizer file: SentencePiece .model, WordPiece vocab .txt, llama2.c .bin")
-      ("task", po::value<std::string>()->default_value("sst2"), "GLUE task: sst2 | cola | rte")
+      ("task", po::value<std::string>()->default_value("sst2"),
+       "GLUE task: sst2 | cola | rte | mrpc | stsb (regression) | wnli; a comma list trains them together (multi-task: "
+       "a head per task, --multitask.* mixing)")
       ("data", po::value<std::string>()->default_value("data/glue"),
-       "directory holding the GLUE task folders (SST-2/, CoLA/, RTE/)")
+       "directory holding the GLUE task folders (SST-2/, CoLA/, RTE/, MRPC/, STS-B/, WNLI/)")
       ("device", po::value<std::string>()->default_value("cpu"),
        "cpu | cuda | auto (auto: cuda when torch sees a GPU); on cuda each local rank takes GPU local_rank % count");
 }

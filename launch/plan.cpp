@@ -26,6 +26,7 @@
 #include "model/config.h"
 #include "model/load.h"
 #include "tasks/glue.h"
+#include "tasks/multitask.h"
 #include "peft/method.h"
 #include "sparse/methods.h"
 #include "util/error.h"
@@ -88,7 +89,8 @@ int run_plan(const po::variables_map& vm) {
   const std::string model_arg = vm["model"].as<std::string>();
   const int64_t world = vm["world-size"].as<int64_t>();
   if (world < 1) throw UsageError("--world-size must be >= 1, got " + std::to_string(world));
-  const int64_t num_labels = tasks::glue_task(vm["task"].as<std::string>()).num_labels;
+  // Several tasks: their heads stacked (tasks/multitask.h), so the head counts every task's labels.
+  const int64_t num_labels = tasks::parse_task_list(vm["task"].as<std::string>()).head_columns;
   const auto methods = method_set_from(vm);
 
   // ---- the model's tensors, from a config or a file header

@@ -10,6 +10,7 @@
 #include "comm/communicator.h"
 #include "dist/checkpoint.h"
 #include "tasks/glue.h"
+#include "tasks/multitask.h"
 #include "dist/metrics.h"
 #include "model/backbone.h"
 #include "model/tokenizer.h"
@@ -23,9 +24,10 @@ struct TaskModel {
   std::unique_ptr<model::Tokenizer> tokenizer;
 };
 
-// Loads the backbone with the task's head (T5: the label words' first tokens) and the tokenizer.
+// Loads the backbone with the tasks' heads (one task: its head; several: theirs stacked, see
+// tasks/multitask.h; T5: the label words' first tokens) and the tokenizer.
 TaskModel load_task_model(const std::string& model_arg, const std::string& tokenizer_path,
-                          const tasks::TaskInfo& task);
+                          const tasks::TaskList& task_list);
 
 struct Evaluation {
   dist::EvalMetrics metrics;
@@ -39,14 +41,30 @@ tasks::EncodedDataset load_dev_set(const std::string& data_dir, const tasks::Tas
                                   int64_t max_examples);
 
 // Every rank evaluates its exact shard of `dev` (no padding, no double counting) through the
-// methods' forward; the confusion counts are summed across ranks, so every rank gets the same result.
+// methods' forward, on task `task` of `task_list` (its head columns); classification sums the
+// confusion counts across ranks, regression sums each rank's predictions into one table and every rank
+// computes Pearson and Spearman from it: every rank gets the same result.
 // keep_logits: every example's logits too, each rank's rows summed into one table (eval --predictions).
 Evaluation evaluate(const peft::MethodSet& methods, model::Backbone& backbone, const tasks::EncodedDataset& dev,
-                    int64_t num_labels, int64_t batch_size, comm::Communicator& comm, bool keep_logits = false);
+                    const tasks::TaskList& task_list, int64_t task, int64_t batch_size, comm::Communicator& comm,
+                    bool keep_logits = false);
 
-// The metrics record of an evaluation at `step` (CLI.md keys: step, eval_accuracy, eval_count, and
-// eval_mcc when the task's metric is Matthews correlation).
+// The metrics record of one task's evaluation at `step` (CLI.md keys: step, eval_count, eval_accuracy,
+// and eval_mcc for CoLA, eval_f1 for MRPC, eval_pearson + eval_spearman (no accuracy) for STS-B).
 nlohmann::json eval_record(int64_t step, const Evaluation& e, const tasks::TaskInfo& task);
+// A multi-task run's record: eval/<task>/<metric> for every task (the same metrics as above, and
+// eval/<task>/count), and eval_average, the mean of the tasks' GLUE scores (tasks::headline_score).
+nlohmann::json multitask_eval_record(int64_t step, const std::vector<Evaluation>& evaluations,
+                                     const tasks::TaskList& task_list);
+// "accuracy 0.9163" / "accuracy 0.7, mcc 0.25" / "pearson 0.85, spearman 0.84": the log's words.
+std::string metrics_text(const Evaluation& e, const tasks::TaskInfo& task);
+
+// What methods that learn from data see (FISH's Fisher samples): the tasks' training examples in one
+// order drawn from `seed` over all of them (each task's share is its size's; one task: a permutation of
+// its split), each id its task's row with that task's head columns. A batch of ids spanning two tasks
+// is a UsageError (per-sample passes never ask for one). `train` must outlive the result.
+peft::TrainingData training_samples(const std::vector<tasks::EncodedDataset>& train, const tasks::TaskList& task_list,
+                                    uint64_t seed);
 
 // The sparse methods' fixed indices (FISH masks, DSEE supports) as a checkpoint stores them, and a
 // checkpoint's stored indices in the form sparse::restore_indices takes.

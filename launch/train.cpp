@@ -23,6 +23,7 @@
 #include "dist/agreement.h"
 #include "dist/checkpoint.h"
 #include "tasks/glue.h"
+#include "tasks/multitask.h"
 #include "dist/grad_sync.h"
 #include "dist/metrics.h"
 #include "dist/optim.h"
@@ -58,7 +59,15 @@ void add_train_only_options(po::options_description& desc) {
       ("train.clip", po::value<double>()->default_value(1.0), "clip the global gradient L2 norm (0: off)")
       ("train.pad-to", po::value<int64_t>()->default_value(0),
        "pad every training batch to N tokens (0: to its longest row); fixed shapes for benchmarks and GPUs")
-      ("dist.check-finite", po::bool_switch(), "check gradients for NaN/Inf before all-reduce (names rank and tensor)");
+      ("dist.check-finite", po::bool_switch(), "check gradients for NaN/Inf before all-reduce (names rank and tensor)")
+      ("multitask.mix", po::value<std::string>()->default_value("proportional"),
+       "with several --task: which task each batch comes from, proportional (to the training-set sizes, capped by "
+       "--multitask.cap) | temperature (size^(1/T))")
+      ("multitask.temperature", po::value<double>()->default_value(2.0), "T of --multitask.mix temperature")
+      ("multitask.cap", po::value<int64_t>()->default_value(0),
+       "--multitask.mix proportional: count at most N examples of a task (0: no cap; T5's K)")
+      ("multitask.batch", po::value<std::string>()->default_value("task"),
+       "with several --task: task (every batch from one task) | mixed (each row's task drawn; a batch mixes tasks)");
 }
 
 std::string shapes_text(const std::vector<peft::Trainable>& trainables) {
@@ -118,11 +127,11 @@ SessionOptions session_options(const po::variables_map& vm) {
 // The backbone with the task's head, its frozen weights moved to this rank's device once (mapped from the
 // file, then copied) and cast to --train.dtype bf16 if asked: the Fisher pass and the methods' set-up then
 // run where they will train. The seed first: every rank draws the same initial trainable values.
-TaskModel load_model(const po::variables_map& vm, const tasks::TaskInfo& task, const c10::Device& device,
+TaskModel load_model(const po::variables_map& vm, const tasks::TaskList& task_list, const c10::Device& device,
                      uint64_t seed) {
   const auto frozen_dtype = model::frozen_dtype(vm["train.dtype"].as<std::string>());  // before any loading
   torch::manual_seed(seed);
-  TaskModel m = load_task_model(vm["model"].as<std::string>(), vm["tokenizer"].as<std::string>(), task);
+  TaskModel m = load_task_model(vm["model"].as<std::string>(), vm["tokenizer"].as<std::string>(), task_list);
   if (frozen_dtype && m.backbone->config().arch != model::Arch::T5) {
     throw_usage_error("--train.dtype bf16 is implemented for T5 backbones (norms, softmax and loss in fp32); "
                       "use fp32 for " + m.backbone->config().name);
@@ -131,33 +140,23 @@ TaskModel load_model(const po::variables_map& vm, const tasks::TaskInfo& task, c
   return m;
 }
 
-// Every rank reads and tokenizes both splits; the sampler later gives each rank its shard of train.
+// Every rank reads and tokenizes both splits of every task; the sampler later gives each rank its shard.
 struct TrainData {
-  tasks::EncodedDataset train, dev;
+  std::vector<tasks::EncodedDataset> train, dev;  // per task, in --task order
 };
 
-TrainData load_data(const po::variables_map& vm, const tasks::TaskInfo& task, const TaskModel& m) {
-  const auto t0 = Clock::now();
-  const auto encode = tasks::encode_options_for(m.backbone->config(), task.name, vm["train.max-len"].as<int64_t>());
+TrainData load_data(const po::variables_map& vm, const tasks::TaskList& task_list, const TaskModel& m) {
   const auto data_dir = vm["data"].as<std::string>();
   TrainData data;
-  data.train = tasks::encode_all(tasks::read_glue(data_dir, task.name, "train"), *m.tokenizer, encode);
-  data.dev = load_dev_set(data_dir, task, *m.tokenizer, encode, vm["train.eval-max"].as<int64_t>());
-  log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", data.train.size(), data.dev.size(),
-            task.name, seconds_since(t0));
+  for (const tasks::TaskInfo* task : task_list.tasks) {
+    const auto t0 = Clock::now();
+    const auto encode = tasks::encode_options_for(m.backbone->config(), task->name, vm["train.max-len"].as<int64_t>());
+    data.train.push_back(tasks::encode_all(tasks::read_glue(data_dir, task->name, "train"), *m.tokenizer, encode));
+    data.dev.push_back(load_dev_set(data_dir, *task, *m.tokenizer, encode, vm["train.eval-max"].as<int64_t>()));
+    log::info("data: {} train / {} dev examples of {}, tokenized in {:.2f} s", data.train.back().size(),
+              data.dev.back().size(), task->name, seconds_since(t0));
+  }
   return data;
-}
-
-// What methods that learn from data see (FISH's Fisher samples): training examples in an order drawn
-// from `seed` (--fish.seed at start, shifted by the step at each --fish.refresh-every).
-peft::TrainingData training_data(const tasks::EncodedDataset& train, uint64_t seed) {
-  auto order = std::make_shared<std::vector<int64_t>>(dist::portable_permutation(train.size(), seed));
-  auto sample = [&train, order](const std::vector<int64_t>& ids) {
-    std::vector<int64_t> rows;
-    for (int64_t i : ids) rows.push_back(order->at(i));
-    return tasks::collate(train, rows);
-  };
-  return {sample, static_cast<int64_t>(train.size())};
 }
 
 // Attaches the methods: the indices a resumed run had moved to, or those data-dependent methods compute
@@ -165,7 +164,8 @@ peft::TrainingData training_data(const tasks::EncodedDataset& train, uint64_t se
 // device and --init-from's adapter values.
 std::vector<peft::Trainable> attach_methods(const po::variables_map& vm, const TrainSettings& settings,
                                             const peft::MethodSet& methods, model::Backbone& backbone,
-                                            const TrainData& data, Session& session) {
+                                            const TrainData& data, const tasks::TaskList& task_list,
+                                            Session& session) {
   if (methods.refreshes_indices() && vm.count("resume")) {
     // The mask moved during the run being resumed: continue with the checkpoint's mask. Rank 0 chooses
     // the checkpoint and every rank reads that one file, so all ranks restore the same mask (the
@@ -175,7 +175,9 @@ std::vector<peft::Trainable> attach_methods(const po::variables_map& vm, const T
       sparse::restore_indices(methods, stored_indices(point->state.indices), backbone.config());
     }
   }
-  if (methods.needs_data()) methods.prepare(backbone, training_data(data.train, settings.fish_seed), session.comm());
+  if (methods.needs_data()) {
+    methods.prepare(backbone, training_samples(data.train, task_list, settings.fish_seed), session.comm());
+  }
   const std::vector<peft::Trainable> trainables = methods.apply(backbone);
   methods.to(session.device(), trainables);  // created on the host (same initial values on any device), moved once
   if (vm.count("init-from")) {
@@ -342,15 +344,26 @@ class StepLog {
 // become ready, on the last micro-step only (earlier ones accumulate locally). The loss stays on the
 // device: reading it later is the step's one host sync.
 at::Tensor forward_backward(const TrainSettings& settings, const peft::MethodSet& methods, model::Backbone& backbone,
-                            const tasks::EncodedDataset& train, dist::DistributedSampler& sampler,
+                            const TrainData& data, const tasks::TaskList& task_list, tasks::MultiTaskSampler& sampler,
                             dist::GradSync& grad_sync, const c10::Device& device) {
   at::Tensor loss_sum;
   for (int64_t micro = 0; micro < settings.accum; ++micro) {
-    model::Batch batch =
-        model::batch_to(tasks::collate(train, sampler.next_batch(settings.batch_size), settings.pad_to), device);
     grad_sync.set_sync(micro == settings.accum - 1);
-    auto out = methods.forward(backbone, batch);
-    auto loss = out.loss / static_cast<double>(settings.accum);
+    // One part per task in the batch (one part unless --multitask.batch mixed): each is scored by its own
+    // head, the loss is their row-weighted mean, and one backward lets GradSync all-reduce once.
+    const std::vector<tasks::MultiTaskSampler::Part> parts = sampler.next_batch(settings.batch_size);
+    size_t rows = 0;
+    for (const auto& part : parts) rows += part.rows.size();
+    at::Tensor loss;
+    for (const auto& part : parts) {
+      model::Batch host = tasks::collate(data.train[part.task], part.rows, settings.pad_to);
+      tasks::set_task_head(host, task_list, part.task);
+      const model::Batch batch = model::batch_to(host, device);
+      at::Tensor part_loss = methods.forward(backbone, batch).loss;
+      if (parts.size() > 1) part_loss = part_loss * (static_cast<double>(part.rows.size()) / static_cast<double>(rows));
+      part_loss = part_loss / static_cast<double>(settings.accum);
+      loss = loss.defined() ? loss + part_loss : part_loss;
+    }
     loss.backward();
     loss_sum = loss_sum.defined() ? loss_sum + loss.detach() : loss.detach();
   }
@@ -371,6 +384,32 @@ LossAndPreemption average_loss(Session& session, const at::Tensor& loss_sum) {
   both[1] = dist::preemption_requested() ? 1.0 : 0.0;
   session.cpu_comm().all_reduce(both, {comm::ReduceOp::Average})->wait();
   return {both[0].item<double>(), both[1].item<double>() > 0};
+}
+
+// Which task each batch comes from and which rows (tasks/multitask.h); with one task, the single-task
+// DistributedSampler itself (seeded with --train.seed).
+tasks::MultiTaskSampler make_sampler(const po::variables_map& vm, const TrainSettings& settings, const TrainData& data,
+                                     const tasks::TaskList& task_list, int rank, int world) {
+  tasks::MixOptions mix;
+  mix.kind = tasks::parse_mix_kind(vm["multitask.mix"].as<std::string>());
+  mix.temperature = vm["multitask.temperature"].as<double>();
+  mix.cap = vm["multitask.cap"].as<int64_t>();
+  mix.batch = tasks::parse_batch_kind(vm["multitask.batch"].as<std::string>());
+  dist::SamplerOptions options;
+  options.seed = settings.seed;
+  std::vector<int64_t> sizes;
+  for (const auto& train : data.train) sizes.push_back(train.size());
+  tasks::MultiTaskSampler sampler(sizes, rank, world, mix, options);
+  if (task_list.multi()) {
+    std::string rates;
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      rates += fmt::format("{}{} {:.3f}", t ? ", " : "", task_list.tasks[t]->name, sampler.rates()[t]);
+    }
+    log::info("multitask: {}, {} mixing: {}",
+              mix.batch == tasks::BatchKind::Mixed ? "a task per row (mixed batches)" : "one task per batch",
+              vm["multitask.mix"].as<std::string>(), rates);
+  }
+  return sampler;
 }
 
 // A fingerprint of the learned values, comparable across world sizes (tests use it).
@@ -400,13 +439,14 @@ int run_train(const po::variables_map& vm) {
   log::info("resolved config:\n{}", resolved_config);
 
   // ---- model, data, methods -------------------------------------------------------------------------
-  const tasks::TaskInfo& task = tasks::glue_task(vm["task"].as<std::string>());
-  TaskModel task_model = load_model(vm, task, device, settings.seed);
+  const tasks::TaskList task_list = tasks::parse_task_list(vm["task"].as<std::string>());
+  TaskModel task_model = load_model(vm, task_list, device, settings.seed);
   model::Backbone& backbone = *task_model.backbone;
   const model::ModelConfig& config = backbone.config();
-  const TrainData data = load_data(vm, task, task_model);
+  const TrainData data = load_data(vm, task_list, task_model);
   const peft::MethodSet methods = method_set_from(vm);
-  const std::vector<peft::Trainable> trainables = attach_methods(vm, settings, methods, backbone, data, session);
+  const std::vector<peft::Trainable> trainables =
+      attach_methods(vm, settings, methods, backbone, data, task_list, session);
   log_parameter_counts(backbone, trainables);
   dist::NamedTensors named_trainables;
   for (const auto& t : trainables) named_trainables.emplace_back(t.name, t.tensor);
@@ -414,9 +454,7 @@ int run_train(const po::variables_map& vm) {
   // ---- start-up agreement, sampler, GradSync, optimizer -----------------------------------------------
   const std::string backbone_hash = frozen_hash(backbone);
   agree_at_start_up(session, resolved_config, config, backbone_hash, methods, trainables);
-  dist::SamplerOptions sampler_options;
-  sampler_options.seed = settings.seed;
-  dist::DistributedSampler sampler(data.train.size(), rank, world, sampler_options);
+  tasks::MultiTaskSampler sampler = make_sampler(vm, settings, data, task_list, rank, world);
   const auto grad_sync = make_grad_sync(vm, comm, named_trainables, methods, config);
   const auto optimizer = optimizer_for(vm, named_trainables);
   const dist::LrSchedule schedule = lr_schedule(vm, settings);
@@ -428,13 +466,15 @@ int run_train(const po::variables_map& vm) {
   if (vm.count("resume")) {
     if (auto point = dist::resume_checkpoint(session.cpu_comm(), vm["resume"].as<std::string>(), settings.out_dir,
                                              &identity)) {
-      dist::apply_training_state(point->state, named_trainables, *optimizer, sampler, rank);
+      dist::apply_training_state(point->state, named_trainables, *optimizer, sampler.task_sampler(0), rank);
+      if (task_list.multi()) sampler.set_state_text(point->state.task_sampler);
       first_step = point->state.step + 1;
       log::info("resumed from {} (step {})", point->path, point->state.step);
     }
   }
   auto save_checkpoint = [&](int64_t step, double lr) {
-    dist::CheckpointState s = dist::capture_training_state(step, named_trainables, *optimizer, sampler);
+    dist::CheckpointState s = dist::capture_training_state(step, named_trainables, *optimizer, sampler.task_sampler(0));
+    if (task_list.multi()) s.task_sampler = sampler.state_text();
     s.lr = lr;
     s.schedule = fmt::format("{} base_lr={} warmup={} total={}", settings.schedule_name, schedule.base_lr,
                              schedule.warmup_steps, schedule.total_steps);
@@ -453,7 +493,8 @@ int run_train(const po::variables_map& vm) {
   model::reset_device_peak(device);
   for (int64_t step = first_step; step <= settings.steps; ++step) {
     const auto step_start = Clock::now();
-    const at::Tensor loss_sum = forward_backward(settings, methods, backbone, data.train, sampler, *grad_sync, device);
+    const at::Tensor loss_sum =
+        forward_backward(settings, methods, backbone, data, task_list, sampler, *grad_sync, device);
     const dist::GradSyncStats stats = grad_sync->last_stats();
 
     // step: gradients are identical on every rank now, so clipping needs no communication.
@@ -466,7 +507,8 @@ int run_train(const po::variables_map& vm) {
     // state follow the indices both masks hold, and checkpoints from now on store the new indices.
     for (const auto& m : methods.methods()) {
       if (m->refresh_every() <= 0 || step % m->refresh_every() != 0 || step == settings.steps) continue;
-      const peft::IndexRefresh moved = m->refresh(backbone, training_data(data.train, settings.fish_seed + step), comm);
+      const peft::IndexRefresh moved =
+          m->refresh(backbone, training_samples(data.train, task_list, settings.fish_seed + step), comm);
       optimizer->permute_state(moved.trainable, moved.carry);
       identity.indices = checkpoint_indices(methods);
       identity.method = methods.describe();  // its mask hash: a resume compares it
@@ -486,12 +528,23 @@ int run_train(const po::variables_map& vm) {
 
     // eval at intervals and at the end.
     if ((settings.eval_every > 0 && step % settings.eval_every == 0) || step == settings.steps) {
-      const Evaluation e = evaluate(methods, backbone, data.dev, task.num_labels, settings.eval_batch, comm);
       step_log.end_bar_line();
-      step_log.write(eval_record(step, e, task));
-      log::info("eval step {}: dev accuracy {:.4f}{} on {} examples ({:.1f} s)", step, e.metrics.accuracy,
-                task.metric == tasks::MetricKind::Mcc ? fmt::format(", mcc {:.4f}", e.metrics.mcc) : "",
-                e.metrics.count, e.seconds);
+      std::vector<Evaluation> evaluations;
+      for (size_t t = 0; t < task_list.tasks.size(); ++t) {
+        evaluations.push_back(evaluate(methods, backbone, data.dev[t], task_list, static_cast<int64_t>(t),
+                                       settings.eval_batch, comm));
+        const Evaluation& e = evaluations.back();
+        log::info("eval step {}: dev {} on {} examples{} ({:.1f} s)", step, metrics_text(e, *task_list.tasks[t]),
+                  e.metrics.count, task_list.multi() ? " of " + task_list.tasks[t]->name : "", e.seconds);
+      }
+      if (task_list.multi()) {
+        const nlohmann::json record = multitask_eval_record(step, evaluations, task_list);
+        step_log.write(record);
+        log::info("eval step {}: average GLUE score {:.4f} over {}", step, record["eval_average"].get<double>(),
+                  task_list.names());
+      } else {
+        step_log.write(eval_record(step, evaluations.front(), *task_list.tasks.front()));
+      }
     }
 
     // checkpoint: every --ckpt.every steps, at the end, and on preemption (then exit 75).

@@ -26,6 +26,13 @@ struct Batch {
   at::Tensor labels;             // [B] int64 class ids (classification) or [B, T] token ids (LM)
   at::Tensor decoder_input_ids;  // [B, T'] (T5 seq2seq)
   at::Tensor token_type_ids;     // [B, T] BERT segment ids of sentence pairs (undefined: all 0)
+  // Multi-task runs stack every task's head into one (tasks/multitask.h): this batch's task owns the
+  // columns [head_offset, head_offset + head_size) of it, and the logits and the loss are those columns'
+  // (head_size 0: every column, a single-task run). Float labels mean regression on the one column (MSE).
+  int64_t head_offset = 0;
+  int64_t head_size = 0;
+  // The batch's task, an index into the run's --task list: what task-conditioned methods read.
+  int64_t task = 0;
 };
 
 struct ForwardResult {
@@ -33,6 +40,12 @@ struct ForwardResult {
   at::Tensor loss;    // scalar mean cross-entropy when labels are given
   std::vector<at::Tensor> hidden_states;  // per block output, when requested (LST reads them)
 };
+
+// The task head's logits of `batch` from the stacked heads' output [B, columns], and the loss when the
+// batch has labels: cross-entropy over those logits for class ids, the mean squared error of the one
+// column for float labels (HF's problem_type "regression", which STS-B uses). Backbones with a
+// classifier head call it (T5's label words score vocabulary entries and compute their own).
+void task_head_output(const at::Tensor& all_logits, const Batch& batch, ForwardResult& result);
 
 struct ForwardOptions {
   bool return_hidden_states = false;

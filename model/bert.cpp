@@ -107,6 +107,7 @@ std::vector<SiteInfo> BertBackbone::sites() const { return describe_sites(impl_-
 ForwardResult BertBackbone::forward(const Batch& batch, const ForwardOptions& options) {
   Impl& m = *impl_;
   m.hooks = &hooks_;
+  hooks_.set_task(batch.task);
   const ModelConfig& c = m.config;
   const at::Tensor& ids = batch.input_ids;
   DT_CHECK(ids.defined() && ids.dim() == 2, "BERT: input_ids must be [batch, time]");
@@ -155,8 +156,7 @@ ForwardResult BertBackbone::forward(const Batch& batch, const ForwardOptions& op
     result.logits = pooled;
     return result;
   }
-  result.logits = m.linear("classifier", m.dropout(pooled));
-  if (batch.labels.defined()) result.loss = torch::cross_entropy_loss(result.logits, batch.labels.view({-1}));
+  task_head_output(m.linear("classifier", m.dropout(pooled)), batch, result);
   return result;
 }
 

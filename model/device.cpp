@@ -46,6 +46,9 @@ Batch batch_to(const Batch& batch, const c10::Device& device) {
   out.labels = copy(batch.labels);
   out.decoder_input_ids = copy(batch.decoder_input_ids);
   out.token_type_ids = copy(batch.token_type_ids);
+  out.head_offset = batch.head_offset;
+  out.head_size = batch.head_size;
+  out.task = batch.task;
   return out;
 }
 

@@ -11,6 +11,7 @@
 //                    DSEE: W + (BA + S)·scale). Keyed by the parameter's name.
 //   * prefix hooks   (K_p, V_p) = p(batch): extra keys/values prepended in an attention (prefix tuning).
 //   * input hooks    e' = q(e): the embedded input sequence (prompt tuning prepends soft tokens).
+// Multi-task runs: hooks may depend on the batch's task (task()), one task per forward.
 //
 // Site names: "<module path>.<site>", module paths follow the HF parameter names of the backbone
 // (e.g. T5 "encoder.block.3.layer.0.SelfAttention"), and the site suffixes are
@@ -24,6 +25,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
@@ -67,11 +69,17 @@ class HookSet {
   bool empty() const { return output_.empty() && weight_.empty() && prefix_.empty() && input_.empty(); }
   void clear();
 
+  // The task of the batch being forwarded (Batch::task, set by the backbone as its forward starts):
+  // task-conditioned methods (Hyperformer, HyperPrompt, per-task adapters) read it in their hooks.
+  void set_task(int64_t task) { task_ = task; }
+  int64_t task() const { return task_; }
+
  private:
   std::map<std::string, std::vector<OutputHook>> output_;
   std::map<std::string, WeightHook> weight_;
   std::map<std::string, PrefixHook> prefix_;
   std::map<std::string, std::vector<InputHook>> input_;
+  int64_t task_ = 0;
 };
 
 }  // namespace dt::model

@@ -216,6 +216,7 @@ at::Tensor LlamaBackbone::lm_logits(const at::Tensor& hidden) const {
 ForwardResult LlamaBackbone::forward(const Batch& batch, const ForwardOptions& options) {
   DT_CHECK(batch.input_ids.defined() && batch.input_ids.dim() == 2,
            "Llama forward needs input_ids [batch, seq]");
+  hooks_.set_task(batch.task);
   const at::Tensor ids = batch.input_ids.to(at::kLong);
   const int64_t B = ids.size(0), T = ids.size(1);
   const auto longs = at::TensorOptions().dtype(at::kLong).device(ids.device());
@@ -246,9 +247,7 @@ ForwardResult LlamaBackbone::forward(const Batch& batch, const ForwardOptions& o
     // HF LlamaForSequenceClassification: the score of each row's last non-padding position.
     at::Tensor last = (mask * at::arange(total, longs)).argmax(1);
     at::Tensor pooled = x.index({at::arange(B, longs), last});
-    result.logits = at::linear(pooled, weight("score.weight", score_));
-    if (batch.labels.defined())
-      result.loss = at::cross_entropy_loss(result.logits, batch.labels.to(at::kLong));
+    task_head_output(at::linear(pooled, weight("score.weight", score_)), batch, result);
     return result;
   }
   result.logits = lm_logits(x);

@@ -271,6 +271,7 @@ std::vector<SiteInfo> T5Backbone::sites() const { return describe_sites(impl_->c
 ForwardResult T5Backbone::forward(const Batch& batch, const ForwardOptions& options) {
   Impl& m = *impl_;
   m.hooks = &hooks_;
+  hooks_.set_task(batch.task);
   ForwardResult result;
   std::vector<at::Tensor>* hidden = options.return_hidden_states ? &result.hidden_states : nullptr;
   auto [enc, enc_mask] = m.encode(batch, hidden);
@@ -280,8 +281,7 @@ ForwardResult T5Backbone::forward(const Batch& batch, const ForwardOptions& opti
     const at::Tensor keep = (enc_mask.view({B, -1, 1}) == 0).to(enc.scalar_type());
     const at::Tensor pooled = (enc * keep).sum(1) / keep.sum(1).clamp_min(1.0);
     const at::Tensor cw = m.W("classifier.weight");
-    result.logits = torch::linear(m.dropout(pooled).to(cw.scalar_type()), cw, m.W("classifier.bias"));
-    if (batch.labels.defined()) result.loss = torch::cross_entropy_loss(result.logits, batch.labels);
+    task_head_output(torch::linear(m.dropout(pooled).to(cw.scalar_type()), cw, m.W("classifier.bias")), batch, result);
     return result;
   }
 
@@ -293,10 +293,13 @@ ForwardResult T5Backbone::forward(const Batch& batch, const ForwardOptions& opti
     // One decoder step from the start token (pad = 0).
     const at::Tensor start = torch::zeros({B, 1}, torch::TensorOptions().dtype(torch::kLong).device(enc.device()));
     const at::Tensor step = m.decode(start, enc, enc_mask, hidden).select(1, 0);  // [B, vocab]
-    const at::Tensor label_tokens =
-        torch::tensor(m.label_ids, torch::TensorOptions().dtype(torch::kLong)).to(enc.device());
+    at::Tensor label_tokens = torch::tensor(m.label_ids, torch::TensorOptions().dtype(torch::kLong)).to(enc.device());
+    // A multi-task run's label words are every task's, stacked: this batch's task owns a slice of them.
+    if (batch.head_size > 0) label_tokens = label_tokens.narrow(0, batch.head_offset, batch.head_size);
     result.logits = step.index_select(1, label_tokens);
     if (batch.labels.defined()) {
+      DT_CHECK(!batch.labels.is_floating_point(), "T5 label words classify; a regression task (float labels) has none",
+               "train regression tasks (stsb) on a backbone with a classifier head (BERT, Llama)");
       result.loss = torch::cross_entropy_loss(step, label_tokens.index_select(0, batch.labels.view({-1})));
     }
     return result;

@@ -82,6 +82,11 @@ class Method {
   // Canonical text of the method's options (start-up agreement, checkpoints).
   virtual std::string describe() const = 0;
 
+  // The run's tasks (--task, in order), given before plan() and attach(). Task-conditioned methods
+  // (shared_adapter's per-task parts, hyperformer, hyperprompt, attempt) size their per-task tensors by
+  // it and read the batch's task from HookSet::task() in their hooks; the others ignore it.
+  virtual void set_tasks(const std::vector<std::string>& names) {}
+
   // Methods that must run the backbone themselves override these (LST: the backbone without
   // autograd, then a side network); every other method changes the forward only through its hooks.
   // At most one method of a MethodSet may override the forward.
@@ -161,8 +166,10 @@ std::vector<model::TensorMeta> head_plan(const model::ModelConfig& config, int64
 // The methods of one `--method a+b` string, applied in order.
 class MethodSet {
  public:
-  // The methods of `spec` ("lora+bitfit"), each created from its section of `values`.
-  static MethodSet from_names(const std::string& spec, const OptionValues& values);
+  // The methods of `spec` ("lora+bitfit"), each created from its section of `values` and told the run's
+  // tasks (Method::set_tasks; none given: one task, "default").
+  static MethodSet from_names(const std::string& spec, const OptionValues& values,
+                              const std::vector<std::string>& tasks = {});
 
   // Everything that will train (method tensors then the task head), from the config alone.
   std::vector<model::TensorMeta> plan(const model::ModelConfig& config, int64_t num_labels) const;

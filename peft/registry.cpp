@@ -94,13 +94,16 @@ std::vector<std::string> split_plus(const std::string& spec) {
 }
 }  // namespace
 
-MethodSet MethodSet::from_names(const std::string& spec, const OptionValues& values) {
+MethodSet MethodSet::from_names(const std::string& spec, const OptionValues& values,
+                                const std::vector<std::string>& tasks) {
+  const std::vector<std::string> task_names = tasks.empty() ? std::vector<std::string>{"default"} : tasks;
   MethodSet set;
   std::set<std::string> seen;
   std::string forward_owner;
   for (const auto& name : split_plus(spec)) {
     if (!seen.insert(name).second) throw_usage_error("--method '" + spec + "' names '" + name + "' twice");
     set.methods_.push_back(Registry::global().get(name).create(values));
+    set.methods_.back()->set_tasks(task_names);
     if (set.methods_.back()->overrides_forward()) {
       if (!forward_owner.empty()) {
         throw_usage_error("--method '" + spec + "': '" + forward_owner + "' and '" + name +
