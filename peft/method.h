@@ -215,5 +215,7 @@ void register_ia3(Registry&);
 void register_compacter(Registry&);
 void register_mam(Registry&);
 void register_lst(Registry&);
+void register_shared_adapter(Registry&);
+void register_hyperformer(Registry&);
 
 }  // namespace dt::peft

@@ -27,6 +27,8 @@ Registry& Registry::global() {
     register_compacter(*r);
     register_mam(*r);
     register_lst(*r);
+    register_shared_adapter(*r);
+    register_hyperformer(*r);
     return r;
   }();
   return *registry;
