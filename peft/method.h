@@ -217,5 +217,7 @@ void register_mam(Registry&);
 void register_lst(Registry&);
 void register_shared_adapter(Registry&);
 void register_hyperformer(Registry&);
+void register_hyperprompt(Registry&);
+void register_attempt(Registry&);
 
 }  // namespace dt::peft

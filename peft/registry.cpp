@@ -29,6 +29,8 @@ Registry& Registry::global() {
     register_lst(*r);
     register_shared_adapter(*r);
     register_hyperformer(*r);
+    register_hyperprompt(*r);
+    register_attempt(*r);
     return r;
   }();
   return *registry;
