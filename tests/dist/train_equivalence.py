@@ -41,6 +41,13 @@ methods = {
     "fish": ["--method", "fish", "--fish.samples", "64"],
     "dsee": ["--method", "dsee"],
     "lst": ["--method", "lst", "--lst.r", "4"],
+    # Multi-task methods on two tasks (the later --task wins): one task per batch, the same tasks on every rank.
+    "shared_adapter": ["--method", "shared_adapter", "--shared_adapter.share", "down", "--shared_adapter.bottleneck", "8",
+                       "--task", "sst2,cola"],
+    "hyperformer": ["--method", "hyperformer", "--hyperformer.reduction-factor", "8", "--task", "sst2,cola"],
+    "hyperprompt": ["--method", "hyperprompt", "--hyperprompt.length", "4", "--hyperprompt.bottleneck", "4",
+                    "--task", "sst2,cola"],
+    "attempt": ["--method", "attempt", "--attempt.length", "4", "--task", "sst2,cola"],
 }
 if device == "cuda":
     # Every method's step on the GPU is checked against the CPU by test_device; here the end-to-end path
