@@ -38,7 +38,7 @@ void add_method_options(po::options_description& desc) {
   desc.add_options()
       ("method", po::value<std::string>()->default_value("full"),
        "PEFT method, or several joined by '+': full, bitfit, houlsby, pfeiffer, parallel_adapter, lora, prefix, "
-       "prompt, ia3, compacter, mam, lst, fish, dsee; multi-task (with --task a,b,...): shared_adapter, hyperformer, "
+       "prompt, ia3, compacter, mam, lst, fish, dsee, sparse_adapter; multi-task (with --task a,b,...): shared_adapter, hyperformer, "
        "hyperprompt, attempt");
   // Each method declares its own section (--lora.r, ...): declared once, where the method lives.
   sparse::register_methods();  // fish, dsee: peft cannot depend on sparse, so launch registers them

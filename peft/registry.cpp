@@ -66,8 +66,11 @@ std::vector<OptionSpec> Registry::all_options() const {
 
 std::vector<std::string> Registry::mergeable() const {
   std::vector<std::string> out;
+  // Every registered option at its default: a method may read another method's section (sparse_adapter
+  // sizes its bottlenecks by --houlsby.bottleneck, ...).
+  const OptionValues defaults = OptionValues::defaults(all_options());
   for (const auto& m : methods_) {
-    if (m.create(OptionValues::defaults(m.options))->can_merge()) out.push_back(m.name);
+    if (m.create(defaults)->can_merge()) out.push_back(m.name);
   }
   return out;
 }

@@ -145,15 +145,21 @@ void restore_indices(const peft::MethodSet& methods, const std::vector<EncodedIn
     for (const auto& e : indices) {
       if (e.name.rfind(prefix, 0) != 0) continue;
       const std::string weight = e.name.substr(prefix.size());
-      auto shape = shapes.find(weight);
-      if (shape == shapes.end()) {
-        throw_usage_error(m->name() + ": the stored indices cover '" + weight + "', which " + config.name +
-                          " does not have");
-      }
       int64_t numel = 0;
       std::vector<int64_t> flat = decode_indices(e.bytes.data(), e.bytes.size(), &numel);
+      if (static_cast<int64_t>(flat.size()) != e.count) {
+        throw_usage_error(fmt::format("{}: the stored indices of '{}' hold {} entries, their header says {}",
+                                      m->name(), weight, flat.size(), e.count));
+      }
+      auto shape = shapes.find(weight);
+      if (shape == shapes.end()) {
+        // Not a backbone weight: a tensor the method itself creates (sparse_adapter's pruned adapters),
+        // stored flat; the method checks it against its own tensors (use_stored_indices / attach).
+        stored.push_back({weight, {numel}, at::tensor(flat, at::kLong)});
+        continue;
+      }
       const int64_t expected_numel = model::TensorMeta{weight, shape->second}.numel();
-      if (numel != expected_numel || static_cast<int64_t>(flat.size()) != e.count) {
+      if (numel != expected_numel) {
         throw_usage_error(fmt::format("{}: the stored indices of '{}' are {} of {} entries; {} has {} entries there",
                                       m->name(), weight, flat.size(), numel, config.name, expected_numel));
       }
@@ -446,6 +452,7 @@ void register_methods() {
     const auto names = registry.names();
     if (std::find(names.begin(), names.end(), "fish") == names.end()) register_fish(registry);
     if (std::find(names.begin(), names.end(), "dsee") == names.end()) register_dsee(registry);
+    if (std::find(names.begin(), names.end(), "sparse_adapter") == names.end()) register_sparse_adapter(registry);
     return true;
   }();
   (void)done;

@@ -41,10 +41,12 @@
 
 namespace dt::sparse {
 
-// Registers "fish" and "dsee" into peft::Registry::global() (once; later calls do nothing).
+// Registers "fish", "dsee" and "sparse_adapter" into peft::Registry::global() (once; later calls do nothing).
 void register_methods();
 void register_fish(peft::Registry& registry);
 void register_dsee(peft::Registry& registry);
+// "sparse_adapter" (sparse/sparse_adapter.cpp): adapters pruned at initialisation, values over fixed indices.
+void register_sparse_adapter(peft::Registry& registry);
 
 // ---- plan accounting -------------------------------------------------------------------------------
 struct SparseAccounting {

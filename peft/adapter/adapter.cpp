@@ -61,9 +61,6 @@ at::Tensor activate(Activation a, const at::Tensor& x) {
   return x;
 }
 
-namespace {
-
-// N(0, std²) truncated at ±2σ by redrawing the outliers (deterministic given torch's generator).
 at::Tensor truncated_normal(const std::vector<int64_t>& shape, double std) {
   at::Tensor t = at::empty(shape, at::kFloat).normal_(0.0, std);
   for (at::Tensor bad = t.abs() > 2.0 * std; bad.any().item<bool>(); bad = t.abs() > 2.0 * std) {
@@ -71,6 +68,8 @@ at::Tensor truncated_normal(const std::vector<int64_t>& shape, double std) {
   }
   return t;
 }
+
+namespace {
 
 at::Tensor leaf(at::Tensor t) { return t.requires_grad_(true); }
 

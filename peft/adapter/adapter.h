@@ -48,6 +48,10 @@ at::Tensor activate(Activation a, const at::Tensor& x);
 //            ("--ffn_adapter_init_option lora") for the parallel adapter.
 enum class Init { Houlsby, Lora };
 
+// N(0, std²) truncated at ±2σ by redrawing the outliers (deterministic given torch's generator): the
+// Houlsby draw, float32.
+at::Tensor truncated_normal(const std::vector<int64_t>& shape, double std);
+
 struct Bottleneck {
   at::Tensor down_weight;  // [m, d]
   at::Tensor down_bias;    // [m]

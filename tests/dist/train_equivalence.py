@@ -41,6 +41,10 @@ methods = {
     "fish": ["--method", "fish", "--fish.samples", "64"],
     "dsee": ["--method", "dsee"],
     "lst": ["--method", "lst", "--lst.r", "4"],
+    # SparseAdapter: kept values + dense biases on the wire; snip scores on data before attach (sharded).
+    "sparse_adapter": ["--method", "sparse_adapter", "--houlsby.bottleneck", "8", "--sparse-adapter.samples", "16"],
+    "sparse_adapter-magnitude": ["--method", "sparse_adapter", "--sparse-adapter.score", "magnitude",
+                                 "--sparse-adapter.adapter", "parallel", "--parallel_adapter.bottleneck", "16"],
     # Multi-task methods on two tasks (the later --task wins): one task per batch, the same tasks on every rank.
     "shared_adapter": ["--method", "shared_adapter", "--shared_adapter.share", "down", "--shared_adapter.bottleneck", "8",
                        "--task", "sst2,cola"],

@@ -7,7 +7,7 @@ set -u
 bin=$1 src=$2
 cd "$src" || exit 2
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-methods="full bitfit houlsby pfeiffer parallel_adapter lora prefix prompt ia3 compacter mam lst fish dsee shared_adapter hyperformer hyperprompt attempt"
+methods="full bitfit houlsby pfeiffer parallel_adapter lora prefix prompt ia3 compacter mam lst fish dsee sparse_adapter shared_adapter hyperformer hyperprompt attempt"
 # The multi-task methods train on two tasks (a classification and the STS-B regression).
 multitask="shared_adapter hyperformer hyperprompt attempt"
 [ -f models/all-minilm-l6-v2/model.safetensors ] || { echo "FAIL: models/all-minilm-l6-v2 missing: run scripts/fetch-models.sh"; exit 1; }

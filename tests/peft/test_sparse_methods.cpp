@@ -17,6 +17,12 @@ namespace {
     rows.push_back({model, "dsee", {"--dsee.rank", "2", "--dsee.sparse", "16"}, true});
     rows.push_back({model, "dsee", {"--dsee.select", "magnitude", "--dsee.targets", "q,k,v,o,wi,wo"}, true});
     rows.push_back({model, "fish+bitfit", {"--fish.select", "magnitude", "--fish.include", "*.weight"}, true});
+    // SparseAdapter: the selections that need no data (snip and grasp score on data: tests/sparse/).
+    rows.push_back({model, "sparse_adapter", {"--sparse-adapter.score", "magnitude", "--houlsby.bottleneck", "4"}, false});
+    rows.push_back({model, "sparse_adapter", {"--sparse-adapter.score", "erk", "--sparse-adapter.adapter", "parallel",
+                                              "--parallel_adapter.bottleneck", "8"}, false});
+    rows.push_back({model, "sparse_adapter", {"--sparse-adapter.score", "random", "--sparse-adapter.adapter", "pfeiffer",
+                                              "--sparse-adapter.ratio", "0.5"}, false});
   }
   return dt::testing::add_method_cases(rows);
 }();
