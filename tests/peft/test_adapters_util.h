@@ -19,17 +19,7 @@
 
 namespace dt::testing::adapters {
 
-inline peft::MethodSet method_set(const std::vector<std::string>& args) {
-  namespace po = boost::program_options;
-  po::options_description desc;
-  launch::add_method_options(desc);
-  po::variables_map vm;
-  po::store(po::command_line_parser(args).options(desc).run(), vm);
-  po::notify(vm);
-  return launch::method_set_from(vm);
-}
-
-// The same for a multi-task run: the methods are told the run's tasks (Method::set_tasks).
+// A MethodSet from command-line words, the methods told the run's tasks (Method::set_tasks; none: one).
 inline peft::MethodSet method_set_for_tasks(const std::vector<std::string>& args,
                                             const std::vector<std::string>& tasks) {
   namespace po = boost::program_options;
@@ -40,6 +30,8 @@ inline peft::MethodSet method_set_for_tasks(const std::vector<std::string>& args
   po::notify(vm);
   return peft::MethodSet::from_names(vm["method"].as<std::string>(), launch::method_option_values(vm), tasks);
 }
+
+inline peft::MethodSet method_set(const std::vector<std::string>& args) { return method_set_for_tasks(args, {}); }
 
 // plan() and apply() agree: the same names and shapes in the same order, every tensor trainable.
 inline void expect_attach_matches_plan(const std::vector<model::TensorMeta>& planned,
