@@ -45,6 +45,7 @@ Subcommand mask_subcommand();
 Subcommand inspect_subcommand();
 Subcommand export_subcommand();
 Subcommand commbench_subcommand();
+Subcommand search_subcommand();  // launch/search.cpp: S3Delta's structure search
 
 std::vector<Subcommand> all_subcommands();
 

@@ -39,7 +39,10 @@ void add_method_options(po::options_description& desc) {
       ("method", po::value<std::string>()->default_value("full"),
        "PEFT method, or several joined by '+': full, bitfit, houlsby, pfeiffer, parallel_adapter, lora, prefix, "
        "prompt, ia3, compacter, mam, lst, fish, dsee, sparse_adapter; multi-task (with --task a,b,...): shared_adapter, hyperformer, "
-       "hyperprompt, attempt");
+       "hyperprompt, attempt; s3delta (a searched structure: --structure FILE)")
+      ("structure", po::value<std::string>(),
+       "FILE: retrain the S3Delta structure that `deltatune search --method s3delta --out FILE` wrote (implies "
+       "--method s3delta)");
   // Each method declares its own section (--lora.r, ...): declared once, where the method lives.
   sparse::register_methods();  // fish, dsee: peft cannot depend on sparse, so launch registers them
   for (const auto& spec : peft::Registry::global().all_options()) add_option(desc, spec);
@@ -56,6 +59,7 @@ peft::OptionValues method_option_values(const po::variables_map& vm) {
                },
                spec.default_value);
   }
+  if (vm.count("structure")) values.set("s3delta.structure", vm["structure"].as<std::string>());
   return values;
 }
 

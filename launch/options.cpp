@@ -97,6 +97,20 @@ po::parsed_options last_occurrence_wins(po::parsed_options parsed, const po::opt
   return parsed;
 }
 
+// `--structure FILE` is s3delta's retrain mode (`train --structure FILE`): it implies --method s3delta, which
+// --print-config and checkpoints then record. Another --method with it is refused.
+void imply_structure_method(const Subcommand& sub, po::variables_map& vm) {
+  if (!vm.count("structure") || !vm.count("method")) return;
+  const std::string method = vm["method"].as<std::string>();
+  const std::string path = vm["structure"].as<std::string>();
+  if (!std::ifstream(path)) usage(sub, "--structure " + path + ": cannot read the file");  // before any loading
+  if (vm["method"].defaulted()) {
+    vm.at("method") = po::variable_value(boost::any(std::string("s3delta")), false);
+  } else if (method != "s3delta") {
+    usage(sub, "--structure FILE retrains an S3Delta structure: it implies --method s3delta, not --method " + method);
+  }
+}
+
 }  // namespace
 
 po::variables_map parse_options(const Subcommand& sub, const po::options_description& desc,
@@ -134,7 +148,10 @@ po::variables_map parse_options(const Subcommand& sub, const po::options_descrip
         usage(sub, "config file '" + path + "': " + e.what());
       }
     }
-    if (!vm.count("help")) po::notify(vm);
+    if (!vm.count("help")) {
+      imply_structure_method(sub, vm);
+      po::notify(vm);
+    }
   } catch (const po::error& e) {
     usage(sub, e.what());
   }

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "dist/agreement.h"
 #include "model/device.h"
 #include "model/load.h"
 #include "dist/sampler.h"
@@ -163,6 +164,14 @@ std::vector<sparse::EncodedIndices> stored_indices(const std::vector<dist::Spars
   std::vector<sparse::EncodedIndices> out;
   for (const auto& i : saved) out.push_back({i.name, i.bytes, i.count, i.numel});
   return out;
+}
+
+std::string frozen_hash(const model::Backbone& backbone) {
+  std::vector<at::Tensor> frozen;
+  for (const auto& [name, tensor] : backbone.named_parameters()) {
+    if (!tensor.requires_grad()) frozen.push_back(tensor);
+  }
+  return dist::hash_hex(dist::hash_tensors(frozen));
 }
 
 }  // namespace dt::launch

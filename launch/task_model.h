@@ -59,6 +59,10 @@ nlohmann::json multitask_eval_record(int64_t step, const std::vector<Evaluation>
 // "accuracy 0.9163" / "accuracy 0.7, mcc 0.25" / "pearson 0.85, spearman 0.84": the log's words.
 std::string metrics_text(const Evaluation& e, const tasks::TaskInfo& task);
 
+// The frozen weights' hash: the backbone's identity in the start-up agreement, checkpoints and S3Delta
+// structure files.
+std::string frozen_hash(const model::Backbone& backbone);
+
 // What methods that learn from data see (FISH's Fisher samples): the tasks' training examples in one
 // order drawn from `seed` over all of them (each task's share is its size's; one task: a permutation of
 // its split), each id its task's row with that task's head columns. A batch of ids spanning two tasks

@@ -208,15 +208,6 @@ void log_parameter_counts(const model::Backbone& backbone, const std::vector<pef
   for (const auto& [method, n] : per_method) log::info("  {}: {} trainable", method, n);
 }
 
-// The frozen weights' hash: the backbone's identity in the start-up agreement and in checkpoints.
-std::string frozen_hash(const model::Backbone& backbone) {
-  std::vector<at::Tensor> frozen;
-  for (const auto& [name, tensor] : backbone.named_parameters()) {
-    if (!tensor.requires_grad()) frozen.push_back(tensor);
-  }
-  return dist::hash_hex(dist::hash_tensors(frozen));
-}
-
 // Every rank must hold the same config, backbone, trainable set and initial values; a difference
 // names the item and the ranks.
 void agree_at_start_up(Session& session, const std::string& resolved_config, const model::ModelConfig& config,

@@ -7,6 +7,7 @@
 
 #include "model/device.h"
 #include "peft/method.h"
+#include "peft/s3delta/s3delta.h"  // register_s3delta
 #include "util/error.h"
 #include "util/format.h"
 
@@ -31,6 +32,7 @@ Registry& Registry::global() {
     register_hyperformer(*r);
     register_hyperprompt(*r);
     register_attempt(*r);
+    register_s3delta(*r);
     return r;
   }();
   return *registry;

@@ -13,7 +13,7 @@ check() {  # check <expected exit> <description> -- command...
   LAST_ERR=$err
 }
 check 0 "top-level --help" -- "$bin" --help
-for sub in train eval generate plan mask inspect export commbench; do
+for sub in train eval generate plan mask inspect export commbench search; do
   check 0 "$sub --help" -- "$bin" "$sub" --help
   out=$("$bin" "$sub" --help)
   echo "$out" | grep -q -- "--config" || { echo "FAIL: $sub --help lacks --config"; fail=1; }
