@@ -187,6 +187,15 @@ cases = [(f, []) for f in sorted(f for f in os.listdir("configs") if f.endswith(
 cases.append(("fish.ini", ["--fish.refresh-every", "2", "--fish.samples", "64"]))
 for cfg, extra in cases:
     d = f"{tmp}/m-{cfg[:-4]}" + ("-refresh" if extra else "")
+    if "s3delta" in cfg:
+        # A search config: retrain the structure a short search of it writes (train --structure).
+        structure = d + ".structure.json"
+        found = run([DT, "search", "--config", "configs/" + cfg, "--train.steps", "4", "--threads", "1",
+                     "--out", structure], timeout=600)
+        if found.returncode != 0:
+            check(False, f"{cfg}: a 4-step search exits 0: " + found.stderr.strip()[-200:])
+            continue
+        extra = extra + ["--structure", structure]
     base = [DT, "train", "--config", "configs/" + cfg, "--train.steps", "6", "--train.eval-every", "0",
             "--train.eval-max", "16", "--threads", "1", "--out", d, "--ckpt.every", "3", "--ckpt.keep", "5"] + extra
     first = run(base + ["--metrics", d + ".a.jsonl"], timeout=600)
