@@ -6,11 +6,15 @@ into bench/.cache/ (ignored), memory-mapped by the ranks of this node:
   mpirun -np 2 --bind-to core rss_wrap.py deltatune train --model bench/.cache/t5-3b-bf16.safetensors
          --tokenizer data/tokenizers/t5-spiece.model --method fish --fish.keep 0.005 --fish.select magnitude
          --train.steps 1 --train.batch-size 1 --train.max-len 16 --train.eval-max 1 --out DIR --metrics F
-Reported: the step time (metrics step_time_s), wall time, peak RSS per rank, the checkpoint's size.
+Reported: the step time (metrics step_time_s), wall time, peak RSS per rank, the checkpoint's size, and
+the wall split from the arrival times of rank 0's log lines: startup_s (launch to the start of step 1:
+load, data, mask selection, agreement), select_s (FISH's mask selection, from its own log line),
+attach_s (log "data: ... tokenized" to "trainable params", the span issue 19 measured), step_s, and
+checkpoint_s (the step's log line to the checkpoint's).
 
 Memory guard. The loader keeps the file's bf16 tensors as the frozen weights themselves (the mapped
 pages: one copy in the page cache, shared by the node's ranks; counted in each rank's RSS), and FISH's
-magnitude selection scores one tensor at a time. What each rank holds privately is dominated by the
+magnitude selection reads the bf16 weights in place. What each rank holds privately is dominated by the
 autograd copies W + scatter(values) of the masked weights (bf16, ~2 bytes per parameter) plus
 activations and start-up. The node needs  file + ranks x (a x params + 0.5 GiB),  with `a` (private bytes
 per parameter) from the last T5-large run under this memory model (2.2 before one exists), and the run
@@ -22,8 +26,12 @@ import argparse
 import glob
 import json
 import os
+import re
+import shlex
+import subprocess
 import struct
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -115,29 +123,84 @@ def params_of(name):
     return total
 
 
-def run(log, name, np_, path):
-    out_dir = os.path.join(C.CACHE, f"ckpt_{name}")
-    rss = os.path.join(C.CACHE, f"big_rss_{name}")
-    metrics = os.path.join(C.CACHE, f"big_{name}.jsonl")
+def run_timed(log, cmd, timeout):
+    """As common.Log.run, but keeps the arrival time of every output line (ranks flush per line)."""
+    text = " ".join(shlex.quote(c) for c in cmd)
+    print(f"[bench:{log.part}] $ {text}", flush=True)
+    t0 = time.time()
+    p = subprocess.Popen(cmd, cwd=C.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    lines = []
+
+    def read():
+        for line in p.stdout:
+            lines.append((time.time() - t0, line.rstrip("\n")))
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        rc = p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        rc = 124
+        p.wait()
+    reader.join(timeout=10)
+    log.lines.append(f"# rc={rc} wall={time.time() - t0:.1f}s\n{text}")
+    if rc != 0:
+        print("\n".join(l for _, l in lines[-40:]), file=sys.stderr)
+    return rc, lines
+
+
+def phases(lines, step_s):
+    """The wall split of one run from its timed log lines (seconds; None where a line is missing)."""
+    def first(pattern):
+        for t, line in lines:
+            m = re.search(pattern, line)
+            if m:
+                return t, m
+        return None, None
+    t_data, _ = first(r"^\[rank 0\] data: .* tokenized")
+    t_params, _ = first(r"^\[rank 0\] trainable params")
+    _, sel = first(r"^\[rank 0\] fish: \w+ selection .*: scores ([0-9.]+) s, top-k ([0-9.]+) s")
+    t_step, _ = first(r"^\[rank 0\] step +1/")
+    t_ckpt, _ = first(r"^\[rank 0\] checkpoint ")
+    out = dict(select_s=float(sel.group(1)) + float(sel.group(2)) if sel else None,
+               attach_s=t_params - t_data if t_data is not None and t_params is not None else None,
+               startup_s=t_step - step_s if t_step is not None else None,
+               checkpoint_s=t_ckpt - t_step if t_ckpt is not None and t_step is not None else None)
+    return out
+
+
+def run(log, name, np_, path, samples=0):
+    """One training step; samples > 0: FISH's Fisher selection over that many examples, else magnitude."""
+    key = row_key(name, samples)
+    out_dir = os.path.join(C.CACHE, f"ckpt_{key}")
+    rss = os.path.join(C.CACHE, f"big_rss_{key}")
+    metrics = os.path.join(C.CACHE, f"big_{key}.jsonl")
     for p in glob.glob(os.path.join(out_dir, "*")):
         os.remove(p) if os.path.isfile(p) else None
     C.clean(rss)
     if os.path.exists(metrics):
         os.remove(metrics)
     t0 = time.time()
-    rc, out = log.run(C.mpirun(np_) + C.rss_wrap(C.rel(rss)) + [
+    rc, lines = run_timed(log, C.mpirun(np_) + C.rss_wrap(C.rel(rss)) + [
         C.BIN, "train", "--model", C.rel(path), "--tokenizer", C.T5_TOK, "--task", "sst2", "--method", "fish",
-        "--fish.keep", "0.005", "--fish.select", "magnitude", "--train.steps", "1", "--train.batch-size", "1",
+        "--fish.keep", "0.005"] + (["--fish.select", "fisher", "--fish.samples", str(samples)] if samples else
+                                   ["--fish.select", "magnitude"]) + ["--train.steps", "1", "--train.batch-size", "1",
         "--train.max-len", "16", "--train.eval-every", "0", "--train.eval-max", "1", "--out", C.rel(out_dir),
-        "--metrics", C.rel(metrics)], check=False, timeout=1800)
+        "--metrics", C.rel(metrics)], timeout=1800)
     wall = time.time() - t0
     if rc != 0:
-        return dict(failed=(out.strip().splitlines() or [f"rc {rc}"])[-1], ranks=np_, wall_s=wall)
+        return dict(failed=(lines[-1][1] if lines else f"rc {rc}"), ranks=np_, wall_s=wall)
     st = C.steps_of(C.read_jsonl(metrics))
     ckpts = sorted(glob.glob(os.path.join(out_dir, "*.h5")))
-    return dict(ranks=np_, step_s=st[0]["step_time_s"], wall_s=wall, peak_rss=C.read_rss(rss, np_),
+    return dict(ranks=np_, step_s=st[0]["step_time_s"], wall_s=wall, **phases(lines, st[0]["step_time_s"]),
+                peak_rss=C.read_rss(rss, np_),
                 bytes_per_step=st[0]["bytes_allreduced"], checkpoint=C.rel(ckpts[-1]) if ckpts else None,
                 checkpoint_bytes=os.path.getsize(ckpts[-1]) if ckpts else None, params=params_of(name))
+
+
+def row_key(name, samples):
+    return f"{name} fisher({samples})" if samples else name
 
 
 def main():
@@ -145,6 +208,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="T5-large only; T5-3B's entry is kept from the last run")
     ap.add_argument("--force-np", type=int)
     ap.add_argument("--models", default="", help="comma-separated subset (default: t5-large, and t5-3b unless --quick)")
+    ap.add_argument("--fisher-samples", type=int, default=0,
+                    help="N > 0: rows with FISH's Fisher selection over N examples instead of magnitude")
     a = ap.parse_args()
     log = C.Log("t5_big")
     res_path = os.path.join(C.RESULTS, "t5_big.json")
@@ -160,13 +225,16 @@ def main():
         P = params_of(name)
         file_b = 2 * P  # bf16, shared by the ranks
         private = (private_pp if private_pp is not None else 2.2) * P + 0.5 * 2**30
+        if a.fisher_samples:
+            private += 6 * P  # the float32 Fisher of every weight and the bf16 gradients of one backward
+        key = row_key(name, a.fisher_samples)
         guess = file_b + private  # expected peak RSS per rank (shared pages included)
         avail = C.mem_available()
         need = lambda n: file_b + n * private  # noqa: E731
         margin = 1.5 * 2**30
         np_ = a.force_np or (2 if need(2) + margin < avail else 1 if need(1) + margin < avail else 0)
         if np_ == 0:
-            res[name] = dict(not_run=f"expected {need(1) / 2**30:.1f} GiB for 1 rank ({file_b / 2**30:.1f} GiB mapped "
+            res[key] = dict(not_run=f"expected {need(1) / 2**30:.1f} GiB for 1 rank ({file_b / 2**30:.1f} GiB mapped "
                              f"bf16 file + {private / 2**30:.1f} GiB private: the W + scatter copies of the masked "
                              f"weights + activations); MemAvailable {avail / 2**30:.1f} GiB of "
                              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
@@ -178,36 +246,43 @@ def main():
             write_bf16(name, path)
             log.lines.append(f"# wrote {C.rel(path)} ({os.path.getsize(path):,} bytes) in {time.time() - t0:.0f} s "
                              f"with bench/t5_big.py:write_bf16")
-        r = run(log, name, np_, path)
+        r = run(log, name, np_, path, a.fisher_samples)
         r.update(expected_peak_per_rank=guess, expected_node_bytes=need(np_), mem_available=avail,
                  file_bytes=os.path.getsize(path), memory_model=MODEL,
                  measured_at=time.strftime("%Y-%m-%d %H:%M"), note=C.machine_note())
         if np_ < 2 and "failed" not in r:
             r["why_fewer_ranks"] = (f"2 ranks need ~{need(2) / 2**30:.1f} GiB (+1.5 GiB margin), MemAvailable "
                                     f"{avail / 2**30:.1f} GiB")
-        res[name] = r
-        if "peak_rss" in r and name == "t5-large":
+        res[key] = r
+        if "peak_rss" in r and key == "t5-large":
             private_pp = max(0.0, (max(r["peak_rss"]) - r["file_bytes"] - 0.5 * 2**30) / P)
     C.write_json("t5_big.json", dict(models=res))
     rows = []
     for name, r in res.items():
         if "peak_rss" in r:
-            rows.append([name, f"{r['params']:,}", r["ranks"], f"{r['step_s']:.1f}", f"{r['wall_s']:.0f}",
+            sec = lambda key: f"{r[key]:.1f}" if r.get(key) is not None else "–"  # noqa: E731
+            rows.append([name, f"{r['params']:,}", r["ranks"], sec("startup_s"), sec("select_s"), sec("step_s"),
+                         sec("checkpoint_s"), f"{r['wall_s']:.0f}",
                          " / ".join(f"{x / 2**30:.2f}" for x in r["peak_rss"]), f"{r['bytes_per_step']:,}",
                          f"{r['checkpoint_bytes'] / 1e6:.1f} MB" if r.get("checkpoint_bytes") else "–",
                          r.get("measured_at", "")])
         else:
-            rows.append([name, f"{r.get('params', 0):,}", "–", "–", "–", "–", "–", "–",
+            rows.append([name, f"{r.get('params', 0):,}", "–", "–", "–", "–", "–", "–", "–", "–", "–",
                          "not run: " + (r.get("not_run") or r.get("failed", ""))])
     with open(os.path.join(C.RESULTS, "t5_big.md"), "w") as f:
-        f.write("### One FISH 0.5% step (magnitude selection), random-init bf16 backbone, batch 1, 16 tokens\n\n")
-        f.write(C.md_table(["model", "params", "ranks", "step s", "wall s (start-up incl.)", "peak RSS GiB per rank",
+        f.write("### One FISH 0.5% step (magnitude selection; Fisher over N examples in the rows marked fisher(N)), "
+                "random-init bf16 backbone, batch 1, 16 tokens\n\n")
+        f.write(C.md_table(["model", "params", "ranks", "start-up s", "select s", "step s", "checkpoint s",
+                            "wall s", "peak RSS GiB per rank",
                             "bytes/step", "checkpoint", "measured"], rows))
         f.write("\nThe bf16 file is memory-mapped by every rank and its tensors are the frozen weights themselves "
                 "(bf16, no per-rank copy: the pages are shared through the page cache, and each rank's peak RSS "
                 "counts them — the node holds the file once plus each rank's private part). The forward computes "
-                "in bf16 (norm variance, softmax, logits and loss in float32); magnitude selection scores one "
-                "tensor at a time. What remains private per rank is mostly the bf16 copies W + scatter(values) of "
+                "in bf16 (norm variance, softmax, logits and loss in float32); magnitude selection reads the bf16 "
+                "weights in place (sparse/magnitude.h). Start-up is launch to the start of step 1 (selection "
+                "included), select is FISH's mask selection alone (its own log line), checkpoint is the step's log "
+                "line to the checkpoint's: arrival times of rank 0's log lines. What remains private per rank is "
+                "mostly the bf16 copies W + scatter(values) of "
                 "the masked weights that autograd keeps until the backward, plus activations. " + C.GPU_NOTE + "\n")
     log.save()
 

@@ -5,11 +5,13 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 
 #include "model/device.h"
 #include "model/parameter_map.h"
 #include "sparse/index_codec.h"
+#include "sparse/magnitude.h"
 #include "sparse/methods.h"
 #include "sparse/scatter.h"
 #include "util/error.h"
@@ -83,16 +85,14 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
                        comm::Communicator* comm, const FishOptions& options) {
   NamedTensors scores;
   int64_t used = 0;
-  Mask mask;
+  const auto t0 = std::chrono::steady_clock::now();
   if (options.select == "magnitude") {
-    // Streamed: |W| in float32 of one tensor at a time (never of the whole model at once), the same
-    // mask as top_k_mask over all the scores; bf16 weights are read in place.
+    // |W| read from the weights' own bits (bf16 in place), split across the ranks when a communicator
+    // is given (sparse/magnitude.h); the same mask as top_k_mask over float32 |W|.
     const std::map<std::string, at::Tensor> by_name = model::parameters_by_name(backbone);
-    const auto eligible = eligible_tensors(backbone.config(), options.fisher.include, options.fisher.exclude);
-    DT_CHECK(!eligible.empty(), "FISH: no eligible tensor (check --fish.include / --fish.exclude)");
-    mask = top_k_mask_streaming(
-        eligible, [&](size_t t) { return by_name.at(eligible[t].name).detach().abs().to(at::kCPU, at::kFloat); },
-        options.topk);
+    for (const auto& meta : eligible_tensors(backbone.config(), options.fisher.include, options.fisher.exclude)) {
+      scores.emplace_back(meta.name, by_name.at(meta.name).detach());
+    }
   } else if (options.select == "fisher") {
     DT_CHECK(sample && available > 0 && comm, "FISH: the Fisher mask needs training samples and a communicator");
     used = std::min(options.samples, available);
@@ -105,10 +105,15 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
       scores.emplace_back(meta.name, at::rand(w.sizes(), gen, at::TensorOptions().dtype(at::kFloat)));
     }
   }
-  if (options.select != "magnitude") {
-    DT_CHECK(!scores.empty(), "FISH: no eligible tensor (check --fish.include / --fish.exclude)");
-    mask = top_k_mask(scores, options.topk);
-  }
+  DT_CHECK(!scores.empty(), "FISH: no eligible tensor (check --fish.include / --fish.exclude)");
+  // The Fisher (all-reduced) and the random scores are equal on every rank, so the top-k splits too.
+  const auto t1 = std::chrono::steady_clock::now();
+  Mask mask = top_k_magnitude(scores, options.topk, comm,
+                              options.select == "magnitude" ? TopKKey::Magnitude : TopKKey::Score);
+  const auto seconds = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+  log::info("fish: {} selection of {} entries over {} tensors: scores {:.2f} s, top-k {:.2f} s on {} rank(s)",
+            options.select, mask.count(), mask.entries.size(), seconds(t0, t1),
+            seconds(t1, std::chrono::steady_clock::now()), comm ? comm->size() : 1);
   mask.metadata["method"] = "fish";
   mask.metadata["options"] = describe_fish_options(options);
   mask.metadata["model"] = backbone.config().name;

@@ -61,6 +61,8 @@ Mask top_k_mask(const std::vector<std::pair<std::string, at::Tensor>>& scores, c
 // tensors[t] (its shape) and is called up to three times per tensor (it must give the same values each
 // time); only one tensor's scores are alive at once (FISH's magnitude selection of a 3B model scores
 // one weight at a time instead of holding float32 |W| of every weight). Bit-identical to top_k_mask.
+// (FISH now selects through sparse/magnitude.h's top_k_magnitude: the same mask from the weights'
+// own bits, in plain loops, split across ranks.)
 using ScoreFn = std::function<at::Tensor(size_t)>;
 Mask top_k_mask_streaming(const std::vector<model::TensorMeta>& tensors, const ScoreFn& score,
                           const TopKOptions& options);
