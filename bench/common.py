@@ -92,6 +92,13 @@ def read_jsonl(path):
         return [json.loads(l) for l in f if l.strip()]
 
 
+def write_jsonl(path, rows):
+    """One JSON object per line, keys sorted: the harnesses' runs files (read back by read_jsonl)."""
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, sort_keys=True) + "\n")
+
+
 def steps_of(metrics):
     return [m for m in metrics if "step_time_s" in m]
 

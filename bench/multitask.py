@@ -359,10 +359,7 @@ def main():
     write_table(part, runs, backbones, tasks, steps, a.quick)
 
 
-def write_runs(path, runs):
-    with open(path, "w") as f:
-        for r in runs:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
+write_runs = C.write_jsonl
 
 
 def save_commands(part, runs):

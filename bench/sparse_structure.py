@@ -275,10 +275,7 @@ def execute_train(backbone, row, seed, steps, quick, part, log, structure=None, 
     return record
 
 
-def write_runs(path, runs):
-    with open(path, "w") as f:
-        for r in runs:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
+write_runs = C.write_jsonl
 
 
 def replace(runs, record):
