@@ -278,12 +278,7 @@ int run_search(const po::variables_map& vm) {
   }
 
   // ---- session, model, data --------------------------------------------------------------------------
-  SessionOptions session_options;
-  session_options.backend = vm["dist.backend"].as<std::string>();
-  session_options.log_all_ranks = vm["log-all-ranks"].as<bool>();
-  session_options.threads = vm["threads"].as<int>();
-  session_options.device = vm["device"].as<std::string>();
-  Session session(session_options);
+  Session session(session_options(vm));
   comm::Communicator& comm = session.comm();
   const int rank = comm.rank(), world = comm.size();
   const auto start = Clock::now();
@@ -294,14 +289,8 @@ int run_search(const po::variables_map& vm) {
             comm.backend_name(), session.device().str(), session.threads());
   log::info("resolved config:\n{}", resolved_config);
 
-  const auto frozen_dtype = model::frozen_dtype(vm["train.dtype"].as<std::string>());
-  torch::manual_seed(loop.seed);
-  TaskModel m = load_task_model(vm["model"].as<std::string>(), vm["tokenizer"].as<std::string>(), task_list);
+  TaskModel m = load_model(vm, task_list, session.device(), loop.seed);
   model::Backbone& backbone = *m.backbone;
-  if (frozen_dtype && backbone.config().arch != model::Arch::T5) {
-    throw_usage_error("--train.dtype bf16 is implemented for T5 backbones; use fp32 for " + backbone.config().name);
-  }
-  model::backbone_to(backbone, session.device(), frozen_dtype);
   const tasks::TaskInfo& task = *task_list.tasks.front();
   const tasks::EncodedDataset train = tasks::encode_all(
       tasks::read_glue(vm["data"].as<std::string>(), task.name, "train"), *m.tokenizer,

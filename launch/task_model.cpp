@@ -166,6 +166,28 @@ std::vector<sparse::EncodedIndices> stored_indices(const std::vector<dist::Spars
   return out;
 }
 
+SessionOptions session_options(const po::variables_map& vm) {
+  SessionOptions o;
+  o.backend = vm["dist.backend"].as<std::string>();
+  o.log_all_ranks = vm["log-all-ranks"].as<bool>();
+  o.threads = vm["threads"].as<int>();
+  o.device = vm["device"].as<std::string>();
+  return o;
+}
+
+TaskModel load_model(const po::variables_map& vm, const tasks::TaskList& task_list, const c10::Device& device,
+                     uint64_t seed) {
+  const auto frozen_dtype = model::frozen_dtype(vm["train.dtype"].as<std::string>());  // before any loading
+  at::manual_seed(seed);
+  TaskModel m = load_task_model(vm["model"].as<std::string>(), vm["tokenizer"].as<std::string>(), task_list);
+  if (frozen_dtype && m.backbone->config().arch != model::Arch::T5) {
+    throw_usage_error("--train.dtype bf16 is implemented for T5 backbones (norms, softmax and loss in fp32); "
+                      "use fp32 for " + m.backbone->config().name);
+  }
+  model::backbone_to(*m.backbone, device, frozen_dtype);
+  return m;
+}
+
 std::string frozen_hash(const model::Backbone& backbone) {
   std::vector<at::Tensor> frozen;
   for (const auto& [name, tensor] : backbone.named_parameters()) {

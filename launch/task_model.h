@@ -8,6 +8,8 @@
 #include <string>
 
 #include "comm/communicator.h"
+#include "launch/cli.h"
+#include "launch/session.h"
 #include "dist/checkpoint.h"
 #include "tasks/glue.h"
 #include "tasks/multitask.h"
@@ -58,6 +60,15 @@ nlohmann::json multitask_eval_record(int64_t step, const std::vector<Evaluation>
                                      const tasks::TaskList& task_list);
 // "accuracy 0.9163" / "accuracy 0.7, mcc 0.25" / "pearson 0.85, spearman 0.84": the log's words.
 std::string metrics_text(const Evaluation& e, const tasks::TaskInfo& task);
+
+// The session of a run that trains (train, search): --dist.backend, --log-all-ranks, --threads, --device.
+SessionOptions session_options(const po::variables_map& vm);
+
+// The backbone with the task's head, its frozen weights moved to this rank's device once (mapped from the
+// file, then copied) and cast to --train.dtype bf16 if asked: the Fisher pass and the methods' set-up then
+// run where they will train. The seed first: every rank draws the same initial trainable values.
+TaskModel load_model(const po::variables_map& vm, const tasks::TaskList& task_list, const c10::Device& device,
+                     uint64_t seed);
 
 // The frozen weights' hash: the backbone's identity in the start-up agreement, checkpoints and S3Delta
 // structure files.

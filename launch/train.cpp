@@ -115,31 +115,6 @@ TrainSettings read_settings(const po::variables_map& vm) {
   return s;
 }
 
-SessionOptions session_options(const po::variables_map& vm) {
-  SessionOptions o;
-  o.backend = vm["dist.backend"].as<std::string>();
-  o.log_all_ranks = vm["log-all-ranks"].as<bool>();
-  o.threads = vm["threads"].as<int>();
-  o.device = vm["device"].as<std::string>();
-  return o;
-}
-
-// The backbone with the task's head, its frozen weights moved to this rank's device once (mapped from the
-// file, then copied) and cast to --train.dtype bf16 if asked: the Fisher pass and the methods' set-up then
-// run where they will train. The seed first: every rank draws the same initial trainable values.
-TaskModel load_model(const po::variables_map& vm, const tasks::TaskList& task_list, const c10::Device& device,
-                     uint64_t seed) {
-  const auto frozen_dtype = model::frozen_dtype(vm["train.dtype"].as<std::string>());  // before any loading
-  torch::manual_seed(seed);
-  TaskModel m = load_task_model(vm["model"].as<std::string>(), vm["tokenizer"].as<std::string>(), task_list);
-  if (frozen_dtype && m.backbone->config().arch != model::Arch::T5) {
-    throw_usage_error("--train.dtype bf16 is implemented for T5 backbones (norms, softmax and loss in fp32); "
-                      "use fp32 for " + m.backbone->config().name);
-  }
-  model::backbone_to(*m.backbone, device, frozen_dtype);
-  return m;
-}
-
 // Every rank reads and tokenizes both splits of every task; the sampler later gives each rank its shard.
 struct TrainData {
   std::vector<tasks::EncodedDataset> train, dev;  // per task, in --task order
