@@ -35,6 +35,7 @@
 
 #include "peft/adapter/adapter.h"
 #include "peft/method.h"
+#include "peft/option_checks.h"
 #include "util/error.h"
 
 namespace dt::peft {
@@ -192,12 +193,6 @@ class Hyperformer final : public Method {
   int64_t num_tasks_ = 1;
 };
 
-int64_t positive(const OptionValues& values, const std::string& key) {
-  const int64_t v = values.get<int64_t>(key);
-  if (v <= 0) throw_usage_error("--" + key + " must be positive, got " + std::to_string(v));
-  return v;
-}
-
 }  // namespace
 
 void register_hyperformer(Registry& registry) {
@@ -215,10 +210,10 @@ void register_hyperformer(Registry& registry) {
                 },
                 [](const OptionValues& values) {
                   HyperformerOptions o;
-                  o.reduction_factor = positive(values, "hyperformer.reduction-factor");
-                  o.task_dim = positive(values, "hyperformer.task-dim");
-                  o.hidden = positive(values, "hyperformer.hidden");
-                  o.projected_dim = positive(values, "hyperformer.projected-dim");
+                  o.reduction_factor = positive_option(values, "hyperformer.reduction-factor");
+                  o.task_dim = positive_option(values, "hyperformer.task-dim");
+                  o.hidden = positive_option(values, "hyperformer.hidden");
+                  o.projected_dim = positive_option(values, "hyperformer.projected-dim");
                   o.activation = adapter::parse_activation("hyperformer.activation",
                                                            values.get<std::string>("hyperformer.activation"));
                   const std::string ln = values.get<std::string>("hyperformer.layer-norm");

@@ -45,6 +45,7 @@
 
 #include "peft/adapter/adapter.h"
 #include "peft/method.h"
+#include "peft/option_checks.h"
 #include "util/error.h"
 
 namespace dt::peft {
@@ -194,12 +195,6 @@ class HyperPrompt final : public Method {
   std::vector<std::string> tasks_ = {"default"};
 };
 
-int64_t positive(const OptionValues& values, const std::string& key) {
-  const int64_t v = values.get<int64_t>(key);
-  if (v <= 0) throw_usage_error("--" + key + " must be positive, got " + std::to_string(v));
-  return v;
-}
-
 }  // namespace
 
 void register_hyperprompt(Registry& registry) {
@@ -216,11 +211,11 @@ void register_hyperprompt(Registry& registry) {
                 },
                 [](const OptionValues& values) {
                   HyperPromptOptions o;
-                  o.length = positive(values, "hyperprompt.length");
-                  o.bottleneck = positive(values, "hyperprompt.bottleneck");
-                  o.task_dim = positive(values, "hyperprompt.task-dim");
-                  o.hidden = positive(values, "hyperprompt.hidden");
-                  o.projected_dim = positive(values, "hyperprompt.projected-dim");
+                  o.length = positive_option(values, "hyperprompt.length");
+                  o.bottleneck = positive_option(values, "hyperprompt.bottleneck");
+                  o.task_dim = positive_option(values, "hyperprompt.task-dim");
+                  o.hidden = positive_option(values, "hyperprompt.hidden");
+                  o.projected_dim = positive_option(values, "hyperprompt.projected-dim");
                   return std::make_unique<HyperPrompt>(o);
                 }});
 }
