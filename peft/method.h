@@ -122,9 +122,10 @@ class Method {
   // them; one that recomputes its own deterministically (DSEE) ignores them (the checkpoint's
   // validation compares them).
   virtual void use_stored_indices(std::vector<FixedIndices> stored) {}
-  // Whether attach() needs prepare() first (FISH's Fisher mask without --fish.mask), and prepare itself:
-  // collective, every rank calls it with its communicator.
-  virtual bool needs_data() const { return false; }
+  // Whether attach() wants prepare() first, and prepare itself: collective, every rank calls it with its
+  // communicator. FISH's Fisher mask needs the data; its magnitude and random masks do not, but prepare
+  // splits their top-k across the ranks (attach alone would have each rank select over every weight).
+  virtual bool needs_prepare() const { return false; }
   virtual void prepare(model::Backbone& backbone, const TrainingData& data, comm::Communicator& comm) {}
   // Indices that move during training (FISH --fish.refresh-every N): every N steps, refresh() moves
   // them (collective) and says where the values went.
@@ -190,7 +191,7 @@ class MethodSet {
   // their tensors on the host, with the host's generator, so the initial values do not depend on it).
   void to(const c10::Device& device, const std::vector<Trainable>& trainables) const;
   // Before apply(): whether some method needs prepare(), and prepare every such method (collective).
-  bool needs_data() const;
+  bool needs_prepare() const;
   void prepare(model::Backbone& backbone, const TrainingData& data, comm::Communicator& comm) const;
   // Whether some method's indices move during training (Method::refresh_every).
   bool refreshes_indices() const;

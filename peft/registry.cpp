@@ -171,16 +171,16 @@ void MethodSet::to(const c10::Device& device, const std::vector<Trainable>& trai
   for (const auto& m : methods_) m->to(device);
 }
 
-bool MethodSet::needs_data() const {
+bool MethodSet::needs_prepare() const {
   for (const auto& m : methods_) {
-    if (m->needs_data()) return true;
+    if (m->needs_prepare()) return true;
   }
   return false;
 }
 
 void MethodSet::prepare(model::Backbone& backbone, const TrainingData& data, comm::Communicator& comm) const {
   for (const auto& m : methods_) {
-    if (m->needs_data()) m->prepare(backbone, data, comm);
+    if (m->needs_prepare()) m->prepare(backbone, data, comm);
   }
 }
 

@@ -257,8 +257,11 @@ void FishMethod::use_stored_indices(std::vector<peft::FixedIndices> stored) {
 
 void FishMethod::prepare(model::Backbone& backbone, const peft::TrainingData& data, comm::Communicator& comm) {
   Mask mask = compute_fish_mask(backbone, data.sample, data.available, &comm, options_);
-  log::info("fish: mask of {} entries over {} tensors from the Fisher of {} samples (hash {})", mask.count(),
-            mask.entries.size(), mask.metadata["samples"], mask.hash_hex());
+  const std::string source = options_.select == "fisher" ? "the Fisher of " + mask.metadata["samples"] + " samples"
+                             : options_.select == "magnitude" ? std::string("the largest |W|")
+                                                              : "random scores (seed " + std::to_string(options_.seed) + ")";
+  log::info("fish: mask of {} entries over {} tensors from {} (hash {})", mask.count(), mask.entries.size(), source,
+            mask.hash_hex());
   set_mask(std::move(mask));
 }
 

@@ -87,9 +87,11 @@ class FishMethod final : public peft::Method {
   std::vector<peft::FixedIndices> fixed_indices() const override;
   // A checkpoint's mask: attach() uses it, no Fisher is computed (UsageError when `stored` is empty).
   void use_stored_indices(std::vector<peft::FixedIndices> stored) override;
-  // True when attach() cannot make the mask itself (Fisher selection and no --fish.mask, no mask set);
-  // prepare() then computes the Fisher mask over `data` (collective) and logs its counts (rank 0).
-  bool needs_data() const override { return !mask_ && options_.mask_path.empty() && options_.select == "fisher"; }
+  // True until a mask is known (no --fish.mask, no mask set): prepare() then computes it (collective), the
+  // Fisher over `data` sharded by sample, and for every selection the top-k split across the ranks by
+  // position (sparse/magnitude.h), and logs its counts (rank 0). attach() without prepare() makes a
+  // magnitude or random mask alone, on the whole backbone; a Fisher mask it cannot make.
+  bool needs_prepare() const override { return !mask_ && options_.mask_path.empty(); }
   void prepare(model::Backbone& backbone, const peft::TrainingData& data, comm::Communicator& comm) override;
 
   // --fish.refresh-every: recomputes the Fisher of the current model (values applied) over

@@ -272,13 +272,13 @@ class SparseAdapter final : public peft::Method {
     return a;
   }
 
-  bool needs_data() const override {
+  bool needs_prepare() const override {
     return !mask_ && (options_.score == PruneScore::Snip || options_.score == PruneScore::Grasp);
   }
 
   // Scores the dense adapters on training batches (collective), then fixes the mask.
   void prepare(model::Backbone& backbone, const peft::TrainingData& data, comm::Communicator& comm) override {
-    if (!needs_data()) return;
+    if (!needs_prepare()) return;
     DT_CHECK(backbone.hooks().empty(),
              "sparse_adapter: scoring runs before any method attaches (other hooks are on the backbone)");
     const auto sites = adapter_sites(backbone.config(), options_);
@@ -291,7 +291,7 @@ class SparseAdapter final : public peft::Method {
     const auto sites = adapter_sites(config, options_);
     ensure_dense(sites);
     if (!mask_) {
-      DT_CHECK(!needs_data(), std::string("sparse_adapter: --sparse-adapter.score ") + score_name(options_.score) +
+      DT_CHECK(!needs_prepare(), std::string("sparse_adapter: --sparse-adapter.score ") + score_name(options_.score) +
                                   " scores on training data: prepare() must run before attach()");
       mask_ = std::make_shared<Mask>(select(weight_scores(), config));
     }

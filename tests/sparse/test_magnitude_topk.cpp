@@ -18,6 +18,7 @@
 #include "sparse/magnitude.h"
 #include "sparse/methods.h"
 #include "tests/mpi_test_util.h"
+#include "tests/sparse/test_sparse_util.h"
 #include "util/error.h"
 
 using namespace dt;
@@ -203,5 +204,31 @@ TEST(MagnitudeTopK, FishMagnitudeSelectionSplitAcrossRanks) {
     EXPECT_EQ(split.hash_hex(), want.hash_hex());
     EXPECT_EQ(alone.hash_hex(), want.hash_hex());
     dist::agree_or_throw(comm, {{"mask", split.hash_hex()}});
+  }
+}
+
+// train's path (MethodSet::prepare before apply): FISH asks for prepare() with magnitude and random
+// selections too, whose top-k prepare splits across the ranks, and the mask is the one attach() alone
+// selects over the whole backbone (describe() carries its hash).
+TEST(MagnitudeTopK, FishPrepareSplitsMagnitudeAndRandomSelections) {
+  auto& comm = dt::testing::test_comm();
+  for (const std::string select : {"magnitude", "random"}) {
+    const std::vector<std::string> args = {"--fish.select", select, "--fish.keep", "0.02", "--fish.seed", "5"};
+    auto prepared_model = dt::testing::tiny_backbone();
+    const auto prepared = dt::testing::method_set("fish", args);
+    ASSERT_TRUE(prepared.needs_prepare()) << select;
+    prepared.prepare(*prepared_model, {dt::testing::sample_fn(prepared_model->config()), 0}, comm);
+    EXPECT_FALSE(prepared.needs_prepare()) << select;
+    const auto trainables = prepared.apply(*prepared_model);
+    ASSERT_EQ(trainables[0].name, "fish.values");
+    EXPECT_EQ(trainables[0].tensor.numel(),
+              std::llround(0.02 * sparse::eligible_params(prepared_model->config(), {"*"}, {})));
+
+    auto alone_model = dt::testing::tiny_backbone();
+    const auto alone = dt::testing::method_set("fish", args);
+    alone.apply(*alone_model);
+    EXPECT_EQ(prepared.describe(), alone.describe()) << select;
+    EXPECT_NE(prepared.describe().find("hash"), std::string::npos) << prepared.describe();
+    dist::agree_or_throw(comm, {{"method", prepared.describe()}});
   }
 }

@@ -45,7 +45,7 @@ struct Attached {
 Attached attach(const std::string& model, const std::vector<std::string>& a, comm::Communicator& comm) {
   Attached out{dt::testing::tiny_backbone(model), dt::testing::method_set("sparse_adapter", a), {}};
   torch::manual_seed(5);
-  if (out.set.needs_data()) out.set.prepare(*out.backbone, {dt::testing::sample_fn(out.backbone->config()), 40}, comm);
+  if (out.set.needs_prepare()) out.set.prepare(*out.backbone, {dt::testing::sample_fn(out.backbone->config()), 40}, comm);
   out.trainables = out.set.apply(*out.backbone);
   return out;
 }
@@ -269,7 +269,7 @@ TEST(SparseAdapter, MasksAreIdenticalOnEveryRankAndRestoreFromACheckpoint) {
     auto restored_model = dt::testing::tiny_backbone("tiny-llama");
     const auto restored = dt::testing::method_set("sparse_adapter", args(score, 0.8));
     sparse::restore_indices(restored, encoded, restored_model->config());
-    EXPECT_FALSE(restored.needs_data()) << "no scoring pass after a restore";
+    EXPECT_FALSE(restored.needs_prepare()) << "no scoring pass after a restore";
     const auto trainables = restored.apply(*restored_model);
     EXPECT_EQ(restored.describe(), a.set.describe());
     ASSERT_EQ(trainables.size(), a.trainables.size());

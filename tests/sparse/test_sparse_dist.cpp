@@ -77,9 +77,9 @@ TEST(FishDist, ValuesOnlyTrainingEqualsDenseMaskedTraining) {
   auto sparse_model = dt::testing::tiny_backbone();
   const auto& config = sparse_model->config();
   const auto set = dt::testing::method_set("fish", {"--fish.keep", "0.02", "--fish.samples", "16"});
-  ASSERT_TRUE(set.needs_data());
+  ASSERT_TRUE(set.needs_prepare());
   set.prepare(*sparse_model, {dt::testing::sample_fn(config), 40}, comm);
-  EXPECT_FALSE(set.needs_data());
+  EXPECT_FALSE(set.needs_prepare());
   const auto trainables = set.apply(*sparse_model);
   dist::agree_or_throw(comm, {{"method", set.describe()}});  // carries the mask hash
   const auto* fish = dynamic_cast<const sparse::FishMethod*>(set.methods()[0].get());
