@@ -194,4 +194,17 @@ bool preemption_agreed(comm::Communicator& comm);
 std::string sha256_file(const std::string& path);
 std::string sha256_hex(const void* data, size_t size);
 
+// sha256_file, remembered: a multi-GB weights file is read once, not at every start-up. The digest is
+// cached under $DELTATUNE_CACHE (else $XDG_CACHE_HOME/deltatune, else ~/.cache/deltatune)/sha256/, one
+// small JSON file per canonical path, and trusted only while the file's size, mtime, ctime, inode and
+// device are those it was computed for: a file changed in any way is hashed again (even one whose mtime
+// was put back: its ctime cannot be). No writable cache directory: hashed every time (a warning says so).
+struct FileDigest {
+  std::string sha256;
+  bool from_cache = false;  // read from the cache (no byte of the file read)
+  double seconds = 0;       // spent hashing (0 from the cache)
+  std::string cache_path;   // where the digest is cached ("" when it could not be written)
+};
+FileDigest sha256_file_cached(const std::string& path);
+
 }  // namespace dt::dist

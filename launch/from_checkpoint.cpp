@@ -120,8 +120,9 @@ RestoredModel restore_model(const std::string& checkpoint_path, const Checkpoint
            config_difference(id.config, config_json) + ")");
   }
   bool sha_checked = false;
-  if (check_identity && !id.weights_sha256.empty() && fs::is_regular_file(model_arg)) {
-    const std::string sha = dist::sha256_file(model_arg);
+  const std::string weights_file = model::resolve_model_path(model_arg);  // a HF directory: its model.safetensors
+  if (check_identity && !id.weights_sha256.empty() && fs::is_regular_file(weights_file)) {
+    const std::string sha = dist::sha256_file_cached(weights_file).sha256;
     if (sha != id.weights_sha256) {
       refuse("it was trained on weights with sha256 " + id.weights_sha256 + " ('" + id.name + "'), and --model " +
              model_arg + " has sha256 " + sha + ": another backbone (give the original weights with --model)");

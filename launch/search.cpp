@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -325,8 +324,9 @@ int run_search(const po::variables_map& vm) {
   for (const auto& [name, t] : search.weights()) initial.push_back(t.detach().to(at::kCPU));
   std::string names;
   for (const auto& c : search.candidates()) names += c.name + ";";
+  const FrozenIdentity frozen = identify_frozen(vm["model"].as<std::string>(), backbone, session.cpu_comm());
   dist::agree_or_throw(session.cpu_comm(), {{"config", resolved_config},
-                                            {"backbone", backbone.config().name + ":" + frozen_hash(backbone)},
+                                            {"backbone", frozen.agreed},
                                             {"search space", names},
                                             {"initial values", dist::hash_hex(dist::hash_tensors(initial))}});
   const double fraction = 100.0 * static_cast<double>(budget) / static_cast<double>(backbone_params);
@@ -385,8 +385,7 @@ int run_search(const po::variables_map& vm) {
             with_commas(budget));
   if (rank == 0) {
     structure.search["seconds"] = fmt::format("{:.1f}", seconds);
-    const std::string model_arg = vm["model"].as<std::string>();
-    if (std::filesystem::is_regular_file(model_arg)) structure.weights_sha256 = dist::sha256_file(model_arg);
+    structure.weights_sha256 = frozen.weights_sha256;
     s3::write_structure(structure, out_path);
     log::info("# {:<58} {:>8} {:>10} {:>9}", "chosen module", "kind", "params", "p");
     for (const auto& mod : structure.modules) {

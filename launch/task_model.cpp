@@ -7,13 +7,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 
 #include "dist/agreement.h"
 #include "model/device.h"
 #include "model/load.h"
 #include "dist/sampler.h"
 #include "util/error.h"
+#include "util/log.h"
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace dt::launch {
 
@@ -194,6 +197,62 @@ std::string frozen_hash(const model::Backbone& backbone) {
     if (!tensor.requires_grad()) frozen.push_back(tensor);
   }
   return dist::hash_hex(dist::hash_tensors(frozen));
+}
+
+namespace {
+
+// Names, shapes and dtypes of the frozen tensors and 1,024 evenly spaced values of each: catches ranks
+// whose loads differ (another cast, a tensor missing from the file and drawn at random) at a cost of
+// kilobytes, whatever the model's size.
+std::string frozen_fingerprint(const model::Backbone& backbone) {
+  constexpr int64_t kSamples = 1024;
+  std::string layout;
+  std::vector<at::Tensor> samples;
+  for (const auto& [name, tensor] : backbone.named_parameters()) {
+    if (tensor.requires_grad()) continue;
+    layout += fmt::format("{}:{}:{};", name, fmt::join(tensor.sizes(), "x"), c10::toString(tensor.scalar_type()));
+    const at::Tensor flat = tensor.detach().reshape(-1);
+    const int64_t n = flat.numel();
+    if (n <= kSamples) {
+      samples.push_back(flat);
+      continue;
+    }
+    const at::Tensor positions =
+        at::arange(kSamples, at::TensorOptions().dtype(at::kLong).device(flat.device())) * (n / kSamples);
+    samples.push_back(flat.index_select(0, positions));
+  }
+  return dist::sha256_hex(layout.data(), layout.size()).substr(0, 16) + "/" +
+         dist::hash_hex(dist::hash_tensors(samples));
+}
+
+}  // namespace
+
+FrozenIdentity identify_frozen(const std::string& model_arg, const model::Backbone& backbone,
+                               comm::Communicator& comm) {
+  FrozenIdentity id;
+  std::error_code ec;
+  const std::string weights = model::resolve_model_path(model_arg);
+  if (std::filesystem::is_regular_file(weights, ec)) {
+    const std::vector<RankPlace> places = gather_placement(comm);
+    bool host_leader = true;  // the lowest rank on this host
+    for (int r = 0; r < comm.rank(); ++r) host_leader &= places[r].host != places[comm.rank()].host;
+    dist::FileDigest digest;
+    if (host_leader) digest = dist::sha256_file_cached(weights);
+    comm.barrier()->wait();
+    if (!host_leader) digest = dist::sha256_file_cached(weights);
+    id.weights_sha256 = digest.sha256;
+    if (digest.from_cache) {
+      log::info("backbone: {} sha256 {} (cached: {})", weights, digest.sha256.substr(0, 16), digest.cache_path);
+    } else {
+      log::info("backbone: {} sha256 {} hashed in {:.1f} s{}", weights, digest.sha256.substr(0, 16), digest.seconds,
+                digest.cache_path.empty() ? "" : " (cached for the next start-up: " + digest.cache_path + ")");
+    }
+  } else {
+    id.tensors_hash = frozen_hash(backbone);  // a named config: its seeded random init is its identity
+  }
+  id.agreed = backbone.config().name + ":" + (id.weights_sha256.empty() ? id.tensors_hash : id.weights_sha256) +
+              ":" + frozen_fingerprint(backbone);
+  return id;
 }
 
 }  // namespace dt::launch

@@ -70,9 +70,23 @@ SessionOptions session_options(const po::variables_map& vm);
 TaskModel load_model(const po::variables_map& vm, const tasks::TaskList& task_list, const c10::Device& device,
                      uint64_t seed);
 
-// The frozen weights' hash: the backbone's identity in the start-up agreement, checkpoints and S3Delta
-// structure files.
+// Every frozen byte hashed (what identifies a named config's random init, and what older checkpoints
+// recorded): reads the whole backbone, seconds per GB.
 std::string frozen_hash(const model::Backbone& backbone);
+
+// The frozen backbone's identity for the start-up agreement, checkpoints and S3Delta structure files,
+// without reading every frozen byte on every rank (T5-3B's 5.7 GB took ~30 s per start-up).
+struct FrozenIdentity {
+  std::string weights_sha256;  // of the weights file --model names (dist::sha256_file_cached); "" for a named config
+  std::string tensors_hash;    // frozen_hash: only without a weights file (a named config's seeded random init)
+  std::string agreed;          // the start-up item: config name, the two above, and a fingerprint of the frozen
+                               // tensors as loaded (names, shapes, dtypes, 1,024 values each: the cast and
+                               // placement, not the file, which the sha256 covers)
+};
+// Collective over `comm`: the lowest rank of each host hashes the file first (or finds it cached), the
+// host's other ranks then find it cached, so a node reads the file once even on its first run.
+FrozenIdentity identify_frozen(const std::string& model_arg, const model::Backbone& backbone,
+                               comm::Communicator& comm);
 
 // What methods that learn from data see (FISH's Fisher samples): the tasks' training examples in one
 // order drawn from `seed` over all of them (each task's share is its size's; one task: a permutation of

@@ -150,7 +150,7 @@ std::vector<peft::Trainable> attach_methods(const po::variables_map& vm, const T
       sparse::restore_indices(methods, stored_indices(point->state.indices), backbone.config());
     }
   }
-  if (methods.needs_data()) {
+  if (methods.needs_prepare()) {
     methods.prepare(backbone, training_samples(data.train, task_list, settings.fish_seed), session.comm());
   }
   const std::vector<peft::Trainable> trainables = methods.apply(backbone);
@@ -186,13 +186,13 @@ void log_parameter_counts(const model::Backbone& backbone, const std::vector<pef
 // Every rank must hold the same config, backbone, trainable set and initial values; a difference
 // names the item and the ranks.
 void agree_at_start_up(Session& session, const std::string& resolved_config, const model::ModelConfig& config,
-                       const std::string& backbone_hash, const peft::MethodSet& methods,
+                       const FrozenIdentity& frozen, const peft::MethodSet& methods,
                        const std::vector<peft::Trainable>& trainables) {
   std::vector<at::Tensor> values;
   for (const auto& t : trainables) values.push_back(t.tensor);
   dist::agree_or_throw(session.cpu_comm(),
                        {{"config", resolved_config},
-                        {"backbone", config.name + ":" + backbone_hash},
+                        {"backbone", frozen.agreed},
                         {"method", methods.describe()},
                         {"trainable tensors", shapes_text(trainables)},
                         {"initial trainable values", dist::hash_hex(dist::hash_tensors(values))}});
@@ -246,20 +246,16 @@ dist::LrSchedule lr_schedule(const po::variables_map& vm, const TrainSettings& s
 }
 
 // What a checkpoint must match to be resumed here, and what each checkpoint of this run records.
-dist::CheckpointState checkpoint_identity(const po::variables_map& vm, const TrainSettings& settings, int rank,
-                                          const model::ModelConfig& config, const std::string& backbone_hash,
+dist::CheckpointState checkpoint_identity(const model::ModelConfig& config, const FrozenIdentity& frozen,
                                           const peft::MethodSet& methods, const dist::Optimizer& optimizer,
                                           const std::string& resolved_config,
                                           const dist::NamedTensors& named_trainables) {
   dist::CheckpointState identity;
   identity.backbone.name = config.name;
   identity.backbone.config = nlohmann::json(model::config_metadata(config)).dump();
-  // Hashing a multi-GB weights file takes tens of seconds: only when checkpoints are written or read.
-  const bool checkpointing = !settings.out_dir.empty() || vm.count("resume");
-  if (checkpointing && rank == 0 && std::filesystem::is_regular_file(settings.model_arg)) {
-    identity.backbone.weights_sha256 = dist::sha256_file(settings.model_arg);
-  }
-  identity.backbone.tensors_hash = backbone_hash;
+  // The weights file's sha256 (cached, see identify_frozen), or for a named config its frozen tensors' hash.
+  identity.backbone.weights_sha256 = frozen.weights_sha256;
+  identity.backbone.tensors_hash = frozen.tensors_hash;
   identity.method = methods.describe();
   identity.optimizer = optimizer.name();
   identity.config_ini = resolved_config;
@@ -418,15 +414,15 @@ int run_train(const po::variables_map& vm) {
   for (const auto& t : trainables) named_trainables.emplace_back(t.name, t.tensor);
 
   // ---- start-up agreement, sampler, GradSync, optimizer -----------------------------------------------
-  const std::string backbone_hash = frozen_hash(backbone);
-  agree_at_start_up(session, resolved_config, config, backbone_hash, methods, trainables);
+  const FrozenIdentity frozen = identify_frozen(settings.model_arg, backbone, session.cpu_comm());
+  agree_at_start_up(session, resolved_config, config, frozen, methods, trainables);
   tasks::MultiTaskSampler sampler = make_sampler(vm, settings, data, task_list, rank, world);
   const auto grad_sync = make_grad_sync(vm, comm, named_trainables, methods, config);
   const auto optimizer = optimizer_for(vm, named_trainables);
   const dist::LrSchedule schedule = lr_schedule(vm, settings);
 
   // ---- checkpoint identity + resume ------------------------------------------------------------------
-  dist::CheckpointState identity = checkpoint_identity(vm, settings, rank, config, backbone_hash, methods, *optimizer,
+  dist::CheckpointState identity = checkpoint_identity(config, frozen, methods, *optimizer,
                                                        resolved_config, named_trainables);
   int64_t first_step = 1;
   if (vm.count("resume")) {

@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 #include <hdf5.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +17,8 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <thread>
+#include <chrono>
 
 #include "dist/checkpoint.h"
 #include "util/error.h"
@@ -494,6 +498,65 @@ TEST(Checkpoint, Sha256MatchesFipsVectors) {
   const std::string million(1000000, 'a');
   std::ofstream(dir + "/a") << million;
   EXPECT_EQ(sha256_file(dir + "/a"), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  fs::remove_all(dir);
+}
+
+// The cached digest (what start-up and eval compare the weights by): hashed once, then read from the cache
+// while the file is unchanged; an edit in place with the mtime put back, a file replaced by another and a
+// torn cache entry are all hashed again. The sleeps step past the 1 s "racy" window, in which nothing is cached.
+TEST(Checkpoint, CachedSha256IsRecomputedWhenTheFileChanges) {
+  const std::string dir = temp_dir("shacache");
+  ASSERT_EQ(setenv("DELTATUNE_CACHE", (dir + "/cache").c_str(), 1), 0);
+  const std::string file = dir + "/weights.bin";
+  std::ofstream(file) << std::string(100000, 'x');
+  const FileDigest racy = sha256_file_cached(file);  // written just now: hashed, not cached
+  EXPECT_FALSE(racy.from_cache);
+  EXPECT_TRUE(racy.cache_path.empty());
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  const FileDigest first = sha256_file_cached(file);
+  EXPECT_FALSE(first.from_cache);
+  EXPECT_EQ(first.sha256, sha256_file(file));
+  ASSERT_TRUE(fs::exists(first.cache_path));
+  const FileDigest second = sha256_file_cached(file);
+  EXPECT_TRUE(second.from_cache);
+  EXPECT_EQ(second.sha256, first.sha256);
+
+  // One byte changed in place, size and mtime put back: only the ctime tells.
+  struct stat before {};
+  ASSERT_EQ(::stat(file.c_str(), &before), 0);
+  {
+    std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(500);
+    f.put('y');
+  }
+  const timespec times[2] = {before.st_atim, before.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, file.c_str(), times, 0), 0);
+  struct stat after {};
+  ASSERT_EQ(::stat(file.c_str(), &after), 0);
+  ASSERT_EQ(after.st_size, before.st_size);
+  ASSERT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+  const FileDigest edited = sha256_file_cached(file);
+  EXPECT_FALSE(edited.from_cache);
+  EXPECT_NE(edited.sha256, first.sha256);
+  EXPECT_EQ(edited.sha256, sha256_file(file));
+
+  // Replaced by another file of the same size (a new inode): hashed again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  std::ofstream(dir + "/other.bin") << std::string(100000, 'z');
+  fs::rename(dir + "/other.bin", file);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  const FileDigest replaced = sha256_file_cached(file);
+  EXPECT_FALSE(replaced.from_cache);
+  EXPECT_EQ(replaced.sha256, sha256_file(file));
+  EXPECT_TRUE(sha256_file_cached(file).from_cache);
+
+  // A torn entry is ignored and rewritten.
+  std::ofstream(replaced.cache_path) << "{ torn";
+  const FileDigest torn = sha256_file_cached(file);
+  EXPECT_FALSE(torn.from_cache);
+  EXPECT_EQ(torn.sha256, replaced.sha256);
+  EXPECT_TRUE(sha256_file_cached(file).from_cache);
+  unsetenv("DELTATUNE_CACHE");
   fs::remove_all(dir);
 }
 
