@@ -4,6 +4,7 @@
 // Every parameter is read through hooks().weight(name, W) at use, and every site of hooks.h is
 // consulted, so methods (LoRA, FISH, adapters, prefix/prompt tuning) need nothing from this file.
 #include "model/t5.h"
+#include "model/cpu_bf16_linear.h"
 #include "model/module_tree.h"
 
 #include <torch/torch.h>
@@ -44,8 +45,13 @@ at::Tensor relative_position_bucket(at::Tensor relative, bool bidirectional, int
 
 // x W^T with x cast to W's dtype (no-op for float32 weights): a method's float32 output may have
 // widened the residual stream of a bf16 model (HF's T5 casts the same way before wo).
+// bf16 weights on a CPU without bf16 arithmetic: W upcast block by block (model/cpu_bf16_linear.h).
 at::Tensor lin(const at::Tensor& x, const at::Tensor& w) {
-  return torch::linear(x.scalar_type() == w.scalar_type() ? x : x.to(w.scalar_type()), w);
+  const at::Tensor xw = x.scalar_type() == w.scalar_type() ? x : x.to(w.scalar_type());
+  if (w.scalar_type() == torch::kBFloat16 && w.device().is_cpu() && cpu_bf16_linear_blocked()) {
+    return blocked_bf16_linear(xw, w);
+  }
+  return torch::linear(xw, w);
 }
 
 }  // namespace
