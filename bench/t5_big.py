@@ -9,8 +9,11 @@ into bench/.cache/ (ignored), memory-mapped by the ranks of this node:
 Reported: the step time (metrics step_time_s), wall time, peak RSS per rank, the checkpoint's size, and
 the wall split from the arrival times of rank 0's log lines: startup_s (launch to the start of step 1:
 load, data, mask selection, agreement), select_s (FISH's mask selection, from its own log line),
-attach_s (log "data: ... tokenized" to "trainable params", the span issue 19 measured), step_s, and
-checkpoint_s (the step's log line to the checkpoint's).
+attach_s (log "data: ... tokenized" to "trainable params", the span issue 19 measured), step_s,
+checkpoint_s (the step's log line to the checkpoint's) and weights_hash_s (the start-up's sha256 of the weights
+file, 0 when the cache had it; --cold-cache: rows "<model> cold-cache" start with an empty cache).
+--bf16-linear native|blocked: rows "<model> native-bf16-linear" etc. with DELTATUNE_CPU_BF16_LINEAR set so
+(model/cpu_bf16_linear.h; default rows leave it to the CPU), the two sides of that change in one session.
 
 Memory guard. The loader keeps the file's bf16 tensors as the frozen weights themselves (the mapped
 pages: one copy in the page cache, shared by the node's ranks; counted in each rank's RSS), and FISH's
@@ -28,6 +31,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import struct
 import sys
@@ -163,16 +167,27 @@ def phases(lines, step_s):
     _, sel = first(r"^\[rank 0\] fish: \w+ selection .*: scores ([0-9.]+) s, top-k ([0-9.]+) s")
     t_step, _ = first(r"^\[rank 0\] step +1/")
     t_ckpt, _ = first(r"^\[rank 0\] checkpoint ")
+    _, hashed = first(r"^\[rank 0\] backbone: .* sha256 \w+ hashed in ([0-9.]+) s")
+    _, cached = first(r"^\[rank 0\] backbone: .* sha256 \w+ \(cached")
     out = dict(select_s=float(sel.group(1)) + float(sel.group(2)) if sel else None,
                attach_s=t_params - t_data if t_data is not None and t_params is not None else None,
                startup_s=t_step - step_s if t_step is not None else None,
-               checkpoint_s=t_ckpt - t_step if t_ckpt is not None and t_step is not None else None)
+               checkpoint_s=t_ckpt - t_step if t_ckpt is not None and t_step is not None else None,
+               # the weights file's sha256 at start-up (launch/task_model.h identify_frozen): 0 from the cache
+               weights_hash_s=float(hashed.group(1)) if hashed else 0.0 if cached else None)
     return out
 
 
-def run(log, name, np_, path, samples=0):
-    """One training step; samples > 0: FISH's Fisher selection over that many examples, else magnitude."""
-    key = row_key(name, samples)
+def run(log, name, np_, path, samples=0, cold=False, linear=""):
+    """One training step; samples > 0: FISH's Fisher selection over that many examples, else magnitude.
+    cold: an empty sha256 cache (DELTATUNE_CACHE), so start-up hashes the weights file as a node's first run does."""
+    key = row_key(name, samples, cold, linear)
+    env = [f"DELTATUNE_CPU_BF16_LINEAR={linear}"] if linear else []
+    if cold:
+        cache = os.path.join(C.CACHE, "sha256_cold")
+        shutil.rmtree(cache, ignore_errors=True)
+        os.makedirs(cache)
+        env.append(f"DELTATUNE_CACHE={cache}")
     out_dir = os.path.join(C.CACHE, f"ckpt_{key}")
     rss = os.path.join(C.CACHE, f"big_rss_{key}")
     metrics = os.path.join(C.CACHE, f"big_{key}.jsonl")
@@ -182,7 +197,7 @@ def run(log, name, np_, path, samples=0):
     if os.path.exists(metrics):
         os.remove(metrics)
     t0 = time.time()
-    rc, lines = run_timed(log, C.mpirun(np_) + C.rss_wrap(C.rel(rss)) + [
+    rc, lines = run_timed(log, C.mpirun(np_, env=env) + C.rss_wrap(C.rel(rss)) + [
         C.BIN, "train", "--model", C.rel(path), "--tokenizer", C.T5_TOK, "--task", "sst2", "--method", "fish",
         "--fish.keep", "0.005"] + (["--fish.select", "fisher", "--fish.samples", str(samples)] if samples else
                                    ["--fish.select", "magnitude"]) + ["--train.steps", "1", "--train.batch-size", "1",
@@ -199,8 +214,9 @@ def run(log, name, np_, path, samples=0):
                 checkpoint_bytes=os.path.getsize(ckpts[-1]) if ckpts else None, params=params_of(name))
 
 
-def row_key(name, samples):
-    return f"{name} fisher({samples})" if samples else name
+def row_key(name, samples, cold=False, linear=""):
+    return ((f"{name} fisher({samples})" if samples else name) + (" cold-cache" if cold else "") +
+            (f" {linear}-bf16-linear" if linear else ""))
 
 
 def main():
@@ -210,6 +226,11 @@ def main():
     ap.add_argument("--models", default="", help="comma-separated subset (default: t5-large, and t5-3b unless --quick)")
     ap.add_argument("--fisher-samples", type=int, default=0,
                     help="N > 0: rows with FISH's Fisher selection over N examples instead of magnitude")
+    ap.add_argument("--cold-cache", action="store_true",
+                    help="rows '<model> cold-cache': start-up with an empty sha256 cache (hashes the weights file)")
+    ap.add_argument("--bf16-linear", choices=["native", "blocked"], default="",
+                    help="rows '<model> native-bf16-linear' / 'blocked-bf16-linear': DELTATUNE_CPU_BF16_LINEAR set so "
+                         "(default: unset, the CPU decides; model/cpu_bf16_linear.h)")
     a = ap.parse_args()
     log = C.Log("t5_big")
     res_path = os.path.join(C.RESULTS, "t5_big.json")
@@ -227,7 +248,7 @@ def main():
         private = (private_pp if private_pp is not None else 2.2) * P + 0.5 * 2**30
         if a.fisher_samples:
             private += 6 * P  # the float32 Fisher of every weight and the bf16 gradients of one backward
-        key = row_key(name, a.fisher_samples)
+        key = row_key(name, a.fisher_samples, a.cold_cache, a.bf16_linear)
         guess = file_b + private  # expected peak RSS per rank (shared pages included)
         avail = C.mem_available()
         need = lambda n: file_b + n * private  # noqa: E731
@@ -236,7 +257,8 @@ def main():
         if np_ == 0:
             res[key] = dict(not_run=f"expected {need(1) / 2**30:.1f} GiB for 1 rank ({file_b / 2**30:.1f} GiB mapped "
                              f"bf16 file + {private / 2**30:.1f} GiB private: the W + scatter copies of the masked "
-                             f"weights + activations); MemAvailable {avail / 2**30:.1f} GiB of "
+                             f"weights + activations" + (", the float32 Fisher of every weight and a backward's bf16 "
+                                                         "gradients" if a.fisher_samples else "") + f"); MemAvailable {avail / 2**30:.1f} GiB of "
                              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
                              params=P, measured_at=time.strftime("%Y-%m-%d %H:%M"))
             continue
@@ -246,7 +268,7 @@ def main():
             write_bf16(name, path)
             log.lines.append(f"# wrote {C.rel(path)} ({os.path.getsize(path):,} bytes) in {time.time() - t0:.0f} s "
                              f"with bench/t5_big.py:write_bf16")
-        r = run(log, name, np_, path, a.fisher_samples)
+        r = run(log, name, np_, path, a.fisher_samples, a.cold_cache, a.bf16_linear)
         r.update(expected_peak_per_rank=guess, expected_node_bytes=need(np_), mem_available=avail,
                  file_bytes=os.path.getsize(path), memory_model=MODEL,
                  measured_at=time.strftime("%Y-%m-%d %H:%M"), note=C.machine_note())
@@ -261,26 +283,31 @@ def main():
     for name, r in res.items():
         if "peak_rss" in r:
             sec = lambda key: f"{r[key]:.1f}" if r.get(key) is not None else "–"  # noqa: E731
-            rows.append([name, f"{r['params']:,}", r["ranks"], sec("startup_s"), sec("select_s"), sec("step_s"),
+            rows.append([name, f"{r['params']:,}", r["ranks"], sec("startup_s"), sec("weights_hash_s"), sec("select_s"),
+                         sec("step_s"),
                          sec("checkpoint_s"), f"{r['wall_s']:.0f}",
                          " / ".join(f"{x / 2**30:.2f}" for x in r["peak_rss"]), f"{r['bytes_per_step']:,}",
                          f"{r['checkpoint_bytes'] / 1e6:.1f} MB" if r.get("checkpoint_bytes") else "–",
                          r.get("measured_at", "")])
         else:
-            rows.append([name, f"{r.get('params', 0):,}", "–", "–", "–", "–", "–", "–", "–", "–", "–",
+            rows.append([name, f"{r.get('params', 0):,}", "–", "–", "–", "–", "–", "–", "–", "–", "–", "–",
                          "not run: " + (r.get("not_run") or r.get("failed", ""))])
     with open(os.path.join(C.RESULTS, "t5_big.md"), "w") as f:
         f.write("### One FISH 0.5% step (magnitude selection; Fisher over N examples in the rows marked fisher(N)), "
                 "random-init bf16 backbone, batch 1, 16 tokens\n\n")
-        f.write(C.md_table(["model", "params", "ranks", "start-up s", "select s", "step s", "checkpoint s",
+        f.write(C.md_table(["model", "params", "ranks", "start-up s", "weights sha256 s", "select s", "step s",
+                            "checkpoint s",
                             "wall s", "peak RSS GiB per rank",
                             "bytes/step", "checkpoint", "measured"], rows))
         f.write("\nThe bf16 file is memory-mapped by every rank and its tensors are the frozen weights themselves "
                 "(bf16, no per-rank copy: the pages are shared through the page cache, and each rank's peak RSS "
                 "counts them — the node holds the file once plus each rank's private part). The forward computes "
-                "in bf16 (norm variance, softmax, logits and loss in float32); magnitude selection reads the bf16 "
+                "in bf16 (norm variance, softmax, logits and loss in float32; on a CPU without bf16 arithmetic "
+                "each linear upcasts W 1 MiB at a time and accumulates in float32, model/cpu_bf16_linear.h — rows "
+                "marked native-bf16-linear take ATen's own bf16 path instead); magnitude selection reads the bf16 "
                 "weights in place (sparse/magnitude.h). Start-up is launch to the start of step 1 (selection "
-                "included), select is FISH's mask selection alone (its own log line), checkpoint is the step's log "
+                "included); weights sha256 is the start-up's hash of the file (0: from the cache, rows marked "
+                "cold-cache start with an empty one, as a node's first run does); select is FISH's mask selection alone (its own log line), checkpoint is the step's log "
                 "line to the checkpoint's: arrival times of rank 0's log lines. What remains private per rank is "
                 "mostly the bf16 copies W + scatter(values) of "
                 "the masked weights that autograd keeps until the backward, plus activations. " + C.GPU_NOTE + "\n")
