@@ -87,6 +87,17 @@ class Log:
             f.write("\n".join(self.lines) + "\n")
 
 
+def save_run_commands(part, script, runs, label, outcome):
+    """results/<part>.commands.txt from the runs file: the table of a resumable harness fills over several
+    invocations (and one that only rebuilds the table runs nothing), so an invocation's own log would lose the
+    earlier runs. Per run: "# <label(r)>: <outcome(r), or failed: why>" and its command."""
+    with open(os.path.join(RESULTS, part + ".commands.txt"), "w") as f:
+        f.write(f"# commands of every recorded run of {script} (from the repository root), as in {part}.runs.jsonl\n")
+        for r in runs:
+            said = f"failed: {r['failed']}" if "failed" in r else outcome(r)
+            f.write(f"# {label(r)}: {said}\n{r['command']}\n")
+
+
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(l) for l in f if l.strip()]

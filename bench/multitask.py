@@ -363,21 +363,14 @@ write_runs = C.write_jsonl
 
 
 def save_commands(part, runs):
-    """The command of every recorded run, from the runs file (the table fills over several invocations)."""
-    with open(os.path.join(C.RESULTS, part + ".commands.txt"), "w") as f:
-        f.write(f"# commands of every recorded run of bench/multitask.py{' --quick' if 'quick' in part else ''} (from "
-                f"the repository root), as in {part}.runs.jsonl\n")
-        for r in runs:
-            if "failed" in r:
-                outcome = f"failed: {r['failed']}"
-            elif r["mode"] == "source":
-                outcome = f"ATTEMPT source prompt {r['checkpoint']} (dev: {r.get('eval')})"
-            else:
-                outcome = ", ".join(f"{t} {v:.4f}" for t, v in r["headline"].items())
-                if r.get("eval_average") is not None:
-                    outcome += f", average {r['eval_average']:.4f}"
-            f.write(f"# {r['backbone']} {r['row']} ({r['mode']}) {r['tasks']} seed {r['seed']}, {r['steps']} steps: "
-                    f"{outcome}\n{r['command']}\n")
+    def outcome(r):
+        if r["mode"] == "source":
+            return f"ATTEMPT source prompt {r['checkpoint']} (dev: {r.get('eval')})"
+        text = ", ".join(f"{t} {v:.4f}" for t, v in r["headline"].items())
+        return text + (f", average {r['eval_average']:.4f}" if r.get("eval_average") is not None else "")
+    C.save_run_commands(part, f"bench/multitask.py{' --quick' if 'quick' in part else ''}", runs,
+                        lambda r: f"{r['backbone']} {r['row']} ({r['mode']}) {r['tasks']} seed {r['seed']}, "
+                                  f"{r['steps']} steps", outcome)
 
 
 def mean_std(xs):

@@ -132,13 +132,9 @@ def main():
 
 
 def save_commands(part, runs):
-    """The command of every recorded run, from the runs file: the table fills over several invocations (and
-    one that only rebuilds the table runs nothing), so this invocation's own log would lose the earlier ones."""
-    with open(os.path.join(C.RESULTS, part + ".commands.txt"), "w") as f:
-        f.write(f"# commands of every recorded run of bench/{part} (from the repository root), as in {part}.runs.jsonl\n")
-        for r in runs:
-            outcome = f"failed: {r['failed']}" if "failed" in r else f"{r.get('metric', 'score')} {r.get('score')}"
-            f.write(f"# {r['task']} {r['method']} seed {r['seed']}, {r['steps']} steps: {outcome}\n{r['command']}\n")
+    C.save_run_commands(part, f"bench/{part}", runs,
+                        lambda r: f"{r['task']} {r['method']} seed {r['seed']}, {r['steps']} steps",
+                        lambda r: f"{r.get('metric', 'score')} {r.get('score')}")
 
 
 def write_table(part, runs, quick):

@@ -351,20 +351,14 @@ def main():
 
 
 def save_commands(part, runs):
-    """The command of every recorded run, from the runs file (the table fills over several invocations)."""
-    with open(os.path.join(C.RESULTS, part + ".commands.txt"), "w") as f:
-        f.write(f"# commands of every recorded run of bench/sparse_structure.py{' --quick' if 'quick' in part else ''} "
-                f"(from the repository root), as in {part}.runs.jsonl\n")
-        for r in runs:
-            if "failed" in r:
-                outcome = f"failed: {r['failed']}"
-            elif r["kind"] == "search":
-                outcome = (f"structure {r['structure']}: {r['modules']} of {r['candidates']} modules, "
-                           f"{r['total_params']:,} params, search {r.get('search_seconds')} s (wall {r['wall_s']} s)")
-            else:
-                outcome = f"dev accuracy {r['eval_accuracy']:.4f}, {r['bytes_per_step']:,} B/step"
-            f.write(f"# {r['backbone']} {r['row']} ({r['kind']}) seed {r['seed']}, {r['steps']} steps: {outcome}\n"
-                    f"{r['command']}\n")
+    def outcome(r):
+        if r["kind"] == "search":
+            return (f"structure {r['structure']}: {r['modules']} of {r['candidates']} modules, "
+                    f"{r['total_params']:,} params, search {r.get('search_seconds')} s (wall {r['wall_s']} s)")
+        return f"dev accuracy {r['eval_accuracy']:.4f}, {r['bytes_per_step']:,} B/step"
+    C.save_run_commands(part, f"bench/sparse_structure.py{' --quick' if 'quick' in part else ''}", runs,
+                        lambda r: f"{r['backbone']} {r['row']} ({r['kind']}) seed {r['seed']}, {r['steps']} steps",
+                        outcome)
 
 
 def mean_std(xs):
