@@ -20,10 +20,12 @@ pages: one copy in the page cache, shared by the node's ranks; counted in each r
 magnitude selection reads the bf16 weights in place. What each rank holds privately is dominated by the
 autograd copies W + scatter(values) of the masked weights (bf16, ~2 bytes per parameter) plus
 activations and start-up. The node needs  file + ranks x (a x params + 0.5 GiB),  with `a` (private bytes
-per parameter) from the last T5-large run under this memory model (2.2 before one exists), and the run
-starts only when that leaves 1.5 GiB of MemAvailable; a model that does not fit is tried with 1 rank, and
-if that does not fit either it is reported as not run, with the arithmetic. The expected peak RSS per
-rank (what rss_wrap reports: shared + private) is file + a x params + 0.5 GiB. --force-np overrides.
+per parameter) from the last T5-large run under this memory model (2.2 before one exists); with
+--fisher-samples each rank's private part is at least its share of the float32 Fisher (4 x params / ranks:
+sparse/fisher.h shards it above 1 GiB) + 1.5 GiB (a 512 MiB group of gradients, squares, activations).
+The run starts only when that leaves 1.5 GiB of MemAvailable; a model that does not fit is tried with 1
+rank, and if that does not fit either it is reported as not run, with the arithmetic. The expected peak
+RSS per rank (what rss_wrap reports: shared + private) is file + that private part. --force-np overrides.
 """
 import argparse
 import glob
@@ -245,20 +247,29 @@ def main():
     for name in names:
         P = params_of(name)
         file_b = 2 * P  # bf16, shared by the ranks
-        private = (private_pp if private_pp is not None else 2.2) * P + 0.5 * 2**30
-        if a.fisher_samples:
-            private += 6 * P  # the float32 Fisher of every weight and the bf16 gradients of one backward
+        train_private = (private_pp if private_pp is not None else 2.2) * P + 0.5 * 2**30
+
+        def private(n):
+            # The Fisher pass comes before training's copies exist: over n > 1 ranks each keeps the float32
+            # Fisher of its share of the top-k's tensors (--fish.fisher-shard auto: sharded above 1 GiB),
+            # plus one group of bf16 gradients (512 MiB), a tensor's float32 squares and activations.
+            if not a.fisher_samples:
+                return train_private
+            fisher = 4 * P / (n if 4 * P > 2**30 and n > 1 else 1)
+            return max(train_private, fisher + 1.5 * 2**30)
+
         key = row_key(name, a.fisher_samples, a.cold_cache, a.bf16_linear)
-        guess = file_b + private  # expected peak RSS per rank (shared pages included)
         avail = C.mem_available()
-        need = lambda n: file_b + n * private  # noqa: E731
+        need = lambda n: file_b + n * private(n)  # noqa: E731
         margin = 1.5 * 2**30
         np_ = a.force_np or (2 if need(2) + margin < avail else 1 if need(1) + margin < avail else 0)
         if np_ == 0:
-            res[key] = dict(not_run=f"expected {need(1) / 2**30:.1f} GiB for 1 rank ({file_b / 2**30:.1f} GiB mapped "
-                             f"bf16 file + {private / 2**30:.1f} GiB private: the W + scatter copies of the masked "
-                             f"weights + activations" + (", the float32 Fisher of every weight and a backward's bf16 "
-                                                         "gradients" if a.fisher_samples else "") + f"); MemAvailable {avail / 2**30:.1f} GiB of "
+            res[key] = dict(not_run=f"expected {need(2) / 2**30:.1f} GiB for 2 ranks, {need(1) / 2**30:.1f} GiB for 1 "
+                             f"({file_b / 2**30:.1f} GiB mapped bf16 file + per rank the larger of the W + scatter "
+                             f"copies of the masked weights + activations" + (" and the float32 Fisher of its share "
+                                                                               "of the weights + a group of gradients"
+                                                                               if a.fisher_samples else "")
+                             + f"); MemAvailable {avail / 2**30:.1f} GiB of "
                              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
                              params=P, measured_at=time.strftime("%Y-%m-%d %H:%M"))
             continue
@@ -269,7 +280,7 @@ def main():
             log.lines.append(f"# wrote {C.rel(path)} ({os.path.getsize(path):,} bytes) in {time.time() - t0:.0f} s "
                              f"with bench/t5_big.py:write_bf16")
         r = run(log, name, np_, path, a.fisher_samples, a.cold_cache, a.bf16_linear)
-        r.update(expected_peak_per_rank=guess, expected_node_bytes=need(np_), mem_available=avail,
+        r.update(expected_peak_per_rank=file_b + private(np_), expected_node_bytes=need(np_), mem_available=avail,
                  file_bytes=os.path.getsize(path), memory_model=MODEL,
                  measured_at=time.strftime("%Y-%m-%d %H:%M"), note=C.machine_note())
         if np_ < 2 and "failed" not in r:

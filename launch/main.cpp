@@ -22,7 +22,13 @@ void print_overview() {
   for (const auto& sub : dt::launch::all_subcommands()) {
     std::printf("  %-10s %s\n", sub.name.c_str(), sub.summary.c_str());
   }
-  std::cout << "\nEvery option can also come from an INI file given by --config FILE; the command line wins.\n";
+  std::cout << "\nEvery option can also come from an INI file given by --config FILE; the command line wins.\n"
+               "\nenvironment:\n"
+               "  DELTATUNE_CACHE            where weights-file sha256 digests are cached (default\n"
+               "                             $XDG_CACHE_HOME/deltatune, else ~/.cache/deltatune)\n"
+               "  DELTATUNE_CPU_BF16_LINEAR  native | blocked: bf16 linears on CPUs without bf16 arithmetic\n"
+               "                             (default: blocked there, ATen's own kernels elsewhere)\n"
+               "  DELTATUNE_MPI_THREAD_SINGLE=1  request MPI_THREAD_FUNNELED: every MPI call runs on one MPI thread\n";
 }
 
 }  // namespace

@@ -30,6 +30,8 @@ FishOptions fish_options(const peft::OptionValues& values) {
   o.fisher.batch_size = values.get<int64_t>("fish.batch-size");
   o.fisher.include = split_globs(values.get<std::string>("fish.include"));
   o.fisher.exclude = split_globs(values.get<std::string>("fish.exclude"));
+  o.fisher.shard = parse_fisher_shard(values.get<std::string>("fish.fisher-shard"));
+  o.fisher.per_tensor_top_k = o.topk.per_tensor;
   o.select = values.get<std::string>("fish.select");
   if (values.has("fish.mask")) o.mask_path = values.get<std::string>("fish.mask");
   o.seed = values.get<uint64_t>("fish.seed");
@@ -122,6 +124,7 @@ Mask compute_fish_mask(model::Backbone& backbone, const SampleFn& sample, int64_
   if (options.select == "fisher") {
     mask.metadata["samples"] = std::to_string(used);
     mask.metadata["world_size"] = std::to_string(comm->size());
+    mask.metadata["fisher_sharded"] = fisher_is_sharded(backbone.config(), *comm, options.fisher) ? "1" : "0";
   }
   return mask;
 }
@@ -435,6 +438,10 @@ void register_fish(peft::Registry& registry) {
                   "sample: per-example squared gradients (FISH) | batch: squared batch-mean gradient x batch size"},
                  {"fish.batch-size", int64_t{16},
                   "examples per backward with --fish.fisher batch"},
+                 {"fish.fisher-shard", std::string("auto"),
+                  "auto | on | off: each rank keeps the Fisher of only the tensors its share of the top-k reads "
+                  "(squares summed over ranks after each round of batches); auto: on over MPI with >1 rank when "
+                  "the float32 Fisher exceeds 1 GiB"},
                  {"fish.include", std::string("*"),
                   "comma-separated globs of the backbone tensors the mask is chosen from (HF names)"},
                  {"fish.exclude", std::string(""),

@@ -260,7 +260,42 @@ Threshold find_threshold(const Histograms& local, const Histograms& global, int6
   return t;
 }
 
+// Who reads what: the concatenated positions cut into `size` equal contiguous ranges, one per rank
+// (pieces of tensors, in order); per tensor: whole tensors, each to the rank whose range holds its
+// first position (empty ones to rank 0).
+std::vector<std::vector<Piece>> reading_plan(const std::vector<model::TensorMeta>& metas, bool per_tensor, int size) {
+  std::vector<int64_t> offset(metas.size() + 1, 0);
+  for (size_t t = 0; t < metas.size(); ++t) offset[t + 1] = offset[t] + metas[t].numel();
+  const int64_t total = offset.back();
+  auto range_begin = [&](int r) { return total * r / size; };
+  std::vector<std::vector<Piece>> pieces(static_cast<size_t>(size));
+  if (!per_tensor) {
+    for (int r = 0; r < size; ++r) {
+      const int64_t lo = range_begin(r), hi = range_begin(r + 1);
+      for (size_t t = 0; t < metas.size(); ++t) {
+        const int64_t b = std::max(lo, offset[t]), e = std::min(hi, offset[t + 1]);
+        if (b < e) pieces[r].push_back({t, b - offset[t], e - offset[t]});
+      }
+    }
+  } else {
+    int r = 0;
+    for (size_t t = 0; t < metas.size(); ++t) {
+      while (r + 1 < size && offset[t] >= range_begin(r + 1)) ++r;
+      pieces[metas[t].numel() > 0 ? r : 0].push_back({t, 0, metas[t].numel()});
+    }
+  }
+  return pieces;
+}
+
 }  // namespace
+
+std::vector<bool> tensors_read_by(const std::vector<model::TensorMeta>& tensors, bool per_tensor, int rank, int size) {
+  DT_CHECK(size > 0 && rank >= 0 && rank < size, "tensors_read_by: rank out of range");
+  std::vector<bool> read(tensors.size(), false);
+  const auto plan = reading_plan(tensors, per_tensor, size);  // named: a temporary's element would dangle
+  for (const Piece& p : plan[static_cast<size_t>(rank)]) read[p.tensor] = true;
+  return read;
+}
 
 Mask top_k_magnitude(const std::vector<std::pair<std::string, at::Tensor>>& tensors, const TopKOptions& options,
                      comm::Communicator* comm, TopKKey key) {
@@ -271,28 +306,7 @@ Mask top_k_magnitude(const std::vector<std::pair<std::string, at::Tensor>>& tens
   comm::Communicator* c = comm && comm->size() > 1 && comm->backend_name() == "mpi" ? comm : nullptr;
   const int size = c ? c->size() : 1, rank = c ? c->rank() : 0;
 
-  // ---- who reads what: equal contiguous ranges of the concatenated positions
-  std::vector<int64_t> offset(tensors.size() + 1, 0);
-  for (size_t t = 0; t < tensors.size(); ++t) offset[t + 1] = offset[t] + metas[t].numel();
-  const int64_t total = offset.back();
-  auto range_begin = [&](int r) { return total * r / size; };
-  std::vector<std::vector<Piece>> pieces(static_cast<size_t>(size));
-  if (!options.per_tensor) {
-    for (int r = 0; r < size; ++r) {
-      const int64_t lo = range_begin(r), hi = range_begin(r + 1);
-      for (size_t t = 0; t < tensors.size(); ++t) {
-        const int64_t b = std::max(lo, offset[t]), e = std::min(hi, offset[t + 1]);
-        if (b < e) pieces[r].push_back({t, b - offset[t], e - offset[t]});
-      }
-    }
-  } else {
-    // Whole tensors, each to the rank whose range holds its first position (empty ones to rank 0).
-    int r = 0;
-    for (size_t t = 0; t < tensors.size(); ++t) {
-      while (r + 1 < size && offset[t] >= range_begin(r + 1)) ++r;
-      pieces[metas[t].numel() > 0 ? r : 0].push_back({t, 0, metas[t].numel()});
-    }
-  }
+  const std::vector<std::vector<Piece>> pieces = reading_plan(metas, options.per_tensor, size);
   const std::vector<Piece>& mine = pieces[static_cast<size_t>(rank)];
 
   // ---- select this rank's indices (sorted per piece, pieces in order)

@@ -49,4 +49,8 @@ enum class TopKKey {
 Mask top_k_magnitude(const std::vector<std::pair<std::string, at::Tensor>>& tensors, const TopKOptions& options,
                      comm::Communicator* comm = nullptr, TopKKey key = TopKKey::Magnitude);
 
+// Which of `tensors` rank `rank` of `size` reads in top_k_magnitude (per_tensor as its TopKOptions
+// say): a caller that makes scores (the sharded Fisher, sparse/fisher.h) need only fill these.
+std::vector<bool> tensors_read_by(const std::vector<model::TensorMeta>& tensors, bool per_tensor, int rank, int size);
+
 }  // namespace dt::sparse

@@ -13,6 +13,11 @@ check() {  # check <expected exit> <description> -- command...
   LAST_ERR=$err
 }
 check 0 "top-level --help" -- "$bin" --help
+# The environment variables the code reads are listed where users look (README: the same names).
+for var in DELTATUNE_CACHE DELTATUNE_CPU_BF16_LINEAR DELTATUNE_MPI_THREAD_SINGLE; do
+  "$bin" --help | grep -q "$var" || { echo "FAIL: top-level --help lacks $var"; fail=1; }
+  grep -q "$var" "$(dirname "$0")/../../README.md" || { echo "FAIL: README lacks $var"; fail=1; }
+done
 for sub in train eval generate plan mask inspect export commbench search; do
   check 0 "$sub --help" -- "$bin" "$sub" --help
   out=$("$bin" "$sub" --help)

@@ -10,6 +10,7 @@
 #include "comm/mpi.h"
 #include "dist/agreement.h"
 #include "dist/grad_sync.h"
+#include "sparse/magnitude.h"
 #include "sparse/methods.h"
 #include "sparse/scatter.h"
 #include "tests/mpi_test_util.h"
@@ -69,6 +70,77 @@ TEST(FisherDist, SumOverRanksEqualsOneRankFisher) {
     dist::agree_or_throw(dt::testing::test_comm(), {{"mask", mask.hash_hex()}});
     EXPECT_EQ(mask.hash(), sparse::top_k_mask(local, k).hash());
   }
+}
+
+// Sharded (sparse/fisher.h): each rank keeps only the tensors its share of the top-k reads, the
+// squares summed over ranks after every round. One round (a sample per rank): bit for bit the
+// unsharded Fisher where kept, so the same mask; more rounds: equal up to the summation order.
+// Gradients taken a tensor at a time (grad_group_bytes 1) change nothing.
+TEST(FisherDist, ShardedFisherKeepsTheTopKShareAndSelectsTheSameMask) {
+  auto& comm = dt::testing::test_comm();
+  auto backbone = dt::testing::tiny_backbone();
+  const auto sample = dt::testing::sample_fn(backbone->config());
+  for (bool per_tensor : {false, true}) {
+    sparse::FisherOptions off;
+    off.shard = sparse::FisherShard::Off;
+    sparse::FisherOptions on = off;
+    on.shard = sparse::FisherShard::On;
+    on.per_tensor_top_k = per_tensor;
+    on.grad_group_bytes = 1;
+    EXPECT_EQ(sparse::fisher_is_sharded(backbone->config(), comm, on), comm.size() > 1);
+    EXPECT_FALSE(sparse::fisher_is_sharded(backbone->config(), comm, off));
+    const int64_t one_round = comm.size();
+    const auto full = sparse::compute_fisher(*backbone, sample, one_round, comm, off);
+    const auto shard = sparse::compute_fisher(*backbone, sample, one_round, comm, on);
+    std::vector<model::TensorMeta> metas;
+    for (const auto& [name, f] : full) metas.push_back({name, f.sizes().vec()});
+    const auto kept = sparse::tensors_read_by(metas, per_tensor, comm.rank(), comm.size());
+    int64_t kept_elements = 0, all_elements = 0;
+    ASSERT_EQ(shard.size(), full.size());
+    for (size_t t = 0; t < full.size(); ++t) {
+      ASSERT_EQ(shard[t].first, full[t].first);
+      ASSERT_EQ(shard[t].second.sizes(), full[t].second.sizes());
+      all_elements += full[t].second.numel();
+      if (kept[t] || comm.size() == 1) {
+        EXPECT_TRUE(at::equal(shard[t].second, full[t].second)) << full[t].first;
+        kept_elements += full[t].second.numel();
+      } else {
+        EXPECT_EQ(shard[t].second.stride(0), 0) << full[t].first << ": a tensor this rank does not read has storage";
+      }
+    }
+    if (comm.size() > 1) {
+      EXPECT_LT(kept_elements, all_elements);
+    }
+    sparse::TopKOptions k;
+    k.keep = 0.02;
+    k.per_tensor = per_tensor;
+    const auto reference = sparse::top_k_mask(full, k);
+    const auto sharded_mask = sparse::top_k_magnitude(shard, k, &comm, sparse::TopKKey::Score);
+    EXPECT_EQ(sharded_mask.hash(), reference.hash()) << "per_tensor " << per_tensor;
+
+    // Several rounds of batches (13 samples in batches of 3) and a rank without a batch in the last.
+    off.kind = on.kind = sparse::FisherKind::Batch;
+    off.batch_size = on.batch_size = 3;
+    const auto full13 = sparse::compute_fisher(*backbone, sample, 13, comm, off);
+    const auto shard13 = sparse::compute_fisher(*backbone, sample, 13, comm, on);
+    for (size_t t = 0; t < full13.size(); ++t) {
+      if (!kept[t] && comm.size() > 1) continue;
+      EXPECT_TRUE(at::allclose(shard13[t].second, full13[t].second, 1e-5, 1e-12)) << full13[t].first;
+    }
+  }
+  // Gradients a tensor at a time, unsharded: the same bits as one backward for all.
+  sparse::FisherOptions grouped;
+  grouped.shard = sparse::FisherShard::Off;
+  grouped.grad_group_bytes = 1;
+  const auto a = sparse::compute_fisher(*backbone, sample, 5, comm, grouped);
+  grouped.grad_group_bytes = int64_t{1} << 40;
+  const auto b = sparse::compute_fisher(*backbone, sample, 5, comm, grouped);
+  for (size_t t = 0; t < a.size(); ++t) EXPECT_TRUE(at::equal(a[t].second, b[t].second)) << a[t].first;
+  // Auto: sharded over more than one MPI rank once the float32 Fisher exceeds the threshold.
+  sparse::FisherOptions automatic;
+  EXPECT_FALSE(sparse::fisher_is_sharded(backbone->config(), comm, automatic));  // a tiny model
+  automatic.shard_above_bytes = 0;
+  EXPECT_EQ(sparse::fisher_is_sharded(backbone->config(), comm, automatic), comm.size() > 1);
 }
 
 TEST(FishDist, ValuesOnlyTrainingEqualsDenseMaskedTraining) {
