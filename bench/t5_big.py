@@ -221,6 +221,20 @@ def row_key(name, samples, cold=False, linear=""):
             (f" {linear}-bf16-linear" if linear else ""))
 
 
+def cpu_note():
+    """The CPU model and whether it has bf16 arithmetic (what model/cpu_bf16_linear.h decides by)."""
+    model, flags = "unknown CPU", set()
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    bf16 = [x for x in ("avx512_bf16", "amx_bf16") if x in flags]
+    return f"{model}, " + (" + ".join(bf16) if bf16 else "no AVX512-BF16/AMX-BF16")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="T5-large only; T5-3B's entry is kept from the last run")
@@ -280,7 +294,7 @@ def main():
             log.lines.append(f"# wrote {C.rel(path)} ({os.path.getsize(path):,} bytes) in {time.time() - t0:.0f} s "
                              f"with bench/t5_big.py:write_bf16")
         r = run(log, name, np_, path, a.fisher_samples, a.cold_cache, a.bf16_linear)
-        r.update(expected_peak_per_rank=file_b + private(np_), expected_node_bytes=need(np_), mem_available=avail,
+        r.update(cpu=cpu_note(), expected_peak_per_rank=file_b + private(np_), expected_node_bytes=need(np_), mem_available=avail,
                  file_bytes=os.path.getsize(path), memory_model=MODEL,
                  measured_at=time.strftime("%Y-%m-%d %H:%M"), note=C.machine_note())
         if np_ < 2 and "failed" not in r:
@@ -303,6 +317,7 @@ def main():
         else:
             rows.append([name, f"{r.get('params', 0):,}", "–", "–", "–", "–", "–", "–", "–", "–", "–", "–",
                          "not run: " + (r.get("not_run") or r.get("failed", ""))])
+    cpus = sorted({r["cpu"] for r in res.values() if r.get("cpu")})
     with open(os.path.join(C.RESULTS, "t5_big.md"), "w") as f:
         f.write("### One FISH 0.5% step (magnitude selection; Fisher over N examples in the rows marked fisher(N)), "
                 "random-init bf16 backbone, batch 1, 16 tokens\n\n")
@@ -315,13 +330,16 @@ def main():
                 "counts them — the node holds the file once plus each rank's private part). The forward computes "
                 "in bf16 (norm variance, softmax, logits and loss in float32; on a CPU without bf16 arithmetic "
                 "each linear upcasts W 1 MiB at a time and accumulates in float32, model/cpu_bf16_linear.h — rows "
-                "marked native-bf16-linear take ATen's own bf16 path instead); magnitude selection reads the bf16 "
+                "marked native-bf16-linear / blocked-bf16-linear force ATen's own bf16 path / the upcasting one); magnitude selection reads the bf16 "
                 "weights in place (sparse/magnitude.h). Start-up is launch to the start of step 1 (selection "
                 "included); weights sha256 is the start-up's hash of the file (0: from the cache, rows marked "
                 "cold-cache start with an empty one, as a node's first run does); select is FISH's mask selection alone (its own log line), checkpoint is the step's log "
                 "line to the checkpoint's: arrival times of rank 0's log lines. What remains private per rank is "
                 "mostly the bf16 copies W + scatter(values) of "
-                "the masked weights that autograd keeps until the backward, plus activations. " + C.GPU_NOTE + "\n")
+                "the masked weights that autograd keeps until the backward, plus activations. The "
+                "rows marked fisher(N) select from the Fisher of N examples, sharded over the ranks "
+                "(sparse/fisher.h: each rank keeps its share of the top-k's tensors, gradients in 512 MiB groups). "
+                "CPU: " + ("; ".join(cpus) if cpus else "not recorded") + ". " + C.GPU_NOTE + "\n")
     log.save()
 
 
