@@ -156,25 +156,18 @@ NamedTensors compute_fisher(model::Backbone& backbone, const SampleFn& sample, i
         }
         for (size_t t = first; t < last; ++t) {
           at::Tensor& g_any = grads[t - first];
-          if (!sharded) {
-            if (!g_any.defined()) continue;
+          // into += credit^2 g^2 in float32 (credit 1: value 1, addcmul's default)
+          auto add_square = [&](at::Tensor& into) {
+            if (!g_any.defined()) return;
             const at::Tensor g = g_any.to(at::kFloat);
-            if (credit == 1.0) {
-              fisher[t].second.addcmul_(g, g);
-            } else {
-              fisher[t].second.addcmul_(g, g, credit * credit);
-            }
+            into.addcmul_(g, g, credit * credit);
+          };
+          if (!sharded) {
+            add_square(fisher[t].second);
           } else {
             // This rank's squares (computed as the unsharded sum would start), summed over ranks.
             at::Tensor square = at::zeros(params[t].sizes(), params[t].options().dtype(at::kFloat));
-            if (g_any.defined()) {
-              const at::Tensor g = g_any.to(at::kFloat);
-              if (credit == 1.0) {
-                square.addcmul_(g, g);
-              } else {
-                square.addcmul_(g, g, credit * credit);
-              }
-            }
+            add_square(square);
             comm.all_reduce(square, {comm::ReduceOp::Sum})->wait();
             if (kept[t]) fisher[t].second.add_(square);
           }
