@@ -81,6 +81,18 @@ struct CollectiveCounters {
   uint64_t bytes = 0;  // payload bytes handed to the collective by this rank
 };
 
+// Device time on the caller's stream, for backends whose Work::wait() does not block the host.
+// NCCL's wait() only makes the compute stream wait for the collective and returns at once, so the host
+// wall time of waiting says nothing about the communication the computation did not hide: a timer
+// records a timing event on the compute stream when made, another at stop(), and seconds() waits
+// (host) until the stream reaches the second and returns the device time between them.
+class StreamTimer {
+ public:
+  virtual ~StreamTimer() = default;
+  virtual void stop() = 0;
+  virtual double seconds() = 0;  // after stop()
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -105,6 +117,8 @@ class Communicator {
   virtual WorkPtr reduce_scatter(const at::Tensor& input, at::Tensor& output,
                                  const ReduceScatterOptions& options = {}) = 0;
   virtual WorkPtr barrier() = 0;
+  // A StreamTimer started now on the compute stream; none (nullptr) where wait() blocks the host (mpi).
+  virtual std::unique_ptr<StreamTimer> start_stream_timer() { return nullptr; }
 
   CollectiveCounters counters(Collective c) const;
   CollectiveCounters total_counters() const;

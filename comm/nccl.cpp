@@ -248,6 +248,41 @@ class NcclWork final : public Work {
   std::exception_ptr error_;
 };
 
+// Two timing events on the compute stream (the Work's events are created without timing: cheaper).
+class NcclStreamTimer final : public StreamTimer {
+ public:
+  explicit NcclStreamTimer(int device) : device_(device) {
+    CHECK_CUDA(cudaSetDevice(device_));
+    CHECK_CUDA(cudaEventCreateWithFlags(&start_, cudaEventDefault));
+    CHECK_CUDA(cudaEventCreateWithFlags(&stop_, cudaEventDefault));
+    CHECK_CUDA(cudaEventRecord(start_, compute_stream()));
+  }
+  ~NcclStreamTimer() override {
+    cudaEventDestroy(start_);
+    cudaEventDestroy(stop_);
+  }
+  NcclStreamTimer(const NcclStreamTimer&) = delete;
+  NcclStreamTimer& operator=(const NcclStreamTimer&) = delete;
+
+  void stop() override {
+    CHECK_CUDA(cudaSetDevice(device_));
+    CHECK_CUDA(cudaEventRecord(stop_, compute_stream()));
+    stopped_ = true;
+  }
+  double seconds() override {
+    DT_CHECK(stopped_, "StreamTimer::seconds() before stop()");
+    CHECK_CUDA(cudaEventSynchronize(stop_));
+    float ms = 0.0f;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, start_, stop_));
+    return static_cast<double>(ms) * 1e-3;
+  }
+
+ private:
+  int device_;
+  cudaEvent_t start_ = nullptr, stop_ = nullptr;
+  bool stopped_ = false;
+};
+
 // ---- Communicator -------------------------------------------------------------------------------
 
 class NcclCommunicator final : public Communicator {
@@ -399,6 +434,8 @@ class NcclCommunicator final : public Communicator {
   }
 
   // NCCL has no barrier: an all-reduce of one integer stands in for it.
+  std::unique_ptr<StreamTimer> start_stream_timer() override { return std::make_unique<NcclStreamTimer>(device_); }
+
   WorkPtr barrier() override {
     auto work = launch("barrier (ncclAllReduce)", {}, [&] {
       CHECK_NCCL(ncclAllReduce(barrier_buffer_, barrier_buffer_, 1, ncclInt32, ncclSum, comm_, stream_));

@@ -322,11 +322,14 @@ void GradSync::check_bucket_finite(const Bucket& b) {
 
 void GradSync::finish() {
   const auto t0 = std::chrono::steady_clock::now();
+  // Where wait() does not block the host (nccl), the compute stream's own time in here is what counts.
+  std::unique_ptr<comm::StreamTimer> device_timer = comm_.start_stream_timer();
   finishing_ = true;
   for (Bucket& b : buckets_) b.ready = true;
   try {
     launch_ready_in_order();
     for (Bucket& b : buckets_) b.work->wait();
+    if (device_timer) device_timer->stop();
   } catch (...) {
     finishing_ = false;
     throw;
@@ -334,8 +337,8 @@ void GradSync::finish() {
   finishing_ = false;
   std::string nonfinite_error = options_.check_finite ? agree_finite() : std::string();
   step_stats_.buckets = buckets_.size();
-  step_stats_.exposed_comm_s =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  step_stats_.exposed_comm_s = device_timer ? device_timer->seconds()
+                                            : std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   last_stats_ = step_stats_;
   reset_step();
   if (!nonfinite_error.empty())

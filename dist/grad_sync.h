@@ -12,7 +12,9 @@
 //   - finish() (before the optimizer step) launches whatever has not launched (parameters unused in
 //     this step: their zero gradient is still reduced, so all ranks issue the same collectives),
 //     waits for every Work and lets the hook finish its work (e.g. decompress). Its duration is the
-//     communication that backward did not hide: `exposed_comm_s`.
+//     communication that backward did not hide: `exposed_comm_s` — the host's wall time where wait()
+//     blocks the host (mpi); on NCCL, whose wait() only orders the compute stream, the device time the
+//     compute stream spends in finish() (two timing events around it, Communicator::start_stream_timer).
 //   - Gradient accumulation: with set_sync(false) the hooks do nothing and gradients simply add up
 //     in the buffers; finish() always reduces everything, so the caller sets sync back on for the
 //     last micro-step (to overlap) and calls finish() once per optimizer step.
@@ -98,7 +100,8 @@ struct GradSyncStats {
   uint64_t collectives = 0;  // collectives issued by the comm hooks
   size_t buckets = 0;
   size_t launched_in_backward = 0;  // buckets launched by autograd hooks (the rest by finish())
-  double exposed_comm_s = 0.0;      // wall time of finish(): communication backward did not hide
+  double exposed_comm_s = 0.0;      // finish()'s time (host, or the compute stream's on nccl): communication
+                                    // backward did not hide
 };
 
 class GradSync {

@@ -16,6 +16,8 @@
 #   ctest_gpu      ctest -L gpu --output-on-failure                                 -> ctest_gpu.{log,xml,json}
 #   main_cuda      train --config configs/main.ini --device cuda (1 rank)           -> main_cuda.jsonl
 #   main_cuda_np2  mpirun -np 2 ... --device cuda --dist.backend mpi (NCCL refuses two ranks on one GPU)
+#   main_cuda_nccl 40 steps of it over NCCL (1 rank)                              -> main_cuda_nccl.jsonl
+#   exposed_comm   bench/gpu/check_exposed.py: its exposed_comm_s measured on the stream (> 0)
 #   commbench      commbench --dist.backend nccl -b 8 -e 256M -f 4 (1 rank)         -> commbench_nccl.json
 #   bench          bench/gpu/run.py: deltatune vs PyTorch eager                      -> gpu.json, gpu.md
 #   threads_<n>    the CPU main job, 2 ranks, --threads 0 (default) and 8, 150 steps -> threads.json
@@ -159,6 +161,14 @@ needs_bin main_cuda && step main_cuda 120 "$bin" train --config configs/main.ini
   --metrics "$out/main_cuda.jsonl"
 needs_bin main_cuda_np2 && step main_cuda_np2 120 mpirun -np 2 "$bin" train --config configs/main.ini --device cuda \
   --dist.backend mpi --metrics "$out/main_cuda_np2.jsonl"
+
+# ---- the main job over NCCL (1 rank): exposed_comm_s is the compute stream's time in GradSync::finish ----------
+# (two timing events, comm/communicator.h StreamTimer): it must be measured (> 0 on some step), not the ~0 of the
+# host's wall time around NCCL's non-blocking wait().
+rm -f "$out"/main_cuda_nccl.jsonl
+needs_bin main_cuda_nccl && step main_cuda_nccl 120 "$bin" train --config configs/main.ini --device cuda \
+  --dist.backend nccl --train.steps 40 --metrics "$out/main_cuda_nccl.jsonl" &&
+  step exposed_comm 15 "$py" bench/gpu/check_exposed.py "$out/main_cuda_nccl.jsonl"
 
 # ---- NCCL collectives, 1 rank -----------------------------------------------------------------------------------
 needs_bin commbench && step commbench 60 "$bin" commbench --dist.backend nccl -b 8 -e 256M -f 4 \

@@ -309,7 +309,19 @@ TEST(NcclCommunicator, FailsClearlyWithoutAGpuAndRefusesCpuTensors) {
     at::Tensor avg = at::full({7}, static_cast<float>(comm.rank() + 1), gpu.options());
     nccl->all_reduce(avg, {ReduceOp::Average})->wait();
     EXPECT_TRUE(at::allclose(avg.cpu(), at::full({7}, (n + 1) / 2.0f)));
+    // The stream timer (what GradSync reports as exposed communication on NCCL): around a 64 MiB
+    // all-reduce that the compute stream waits for, a positive device time; the host's wait() is not.
+    at::Tensor big = at::ones({int64_t{1} << 24}, gpu.options());
+    std::unique_ptr<StreamTimer> timer = nccl->start_stream_timer();
+    ASSERT_TRUE(timer != nullptr);
+    nccl->all_reduce(big)->wait();
+    timer->stop();
+    const double seconds = timer->seconds();
+    EXPECT_GT(seconds, 0.0);
+    EXPECT_LT(seconds, 60.0);
+    EXPECT_TRUE(at::all(big.cpu() == static_cast<float>(n)).item<bool>());
   }
+  EXPECT_EQ(comm.start_stream_timer(), nullptr);  // mpi: wait() blocks the host, its wall time counts
   at::Tensor ok = filled(2, 1);
   comm.all_reduce(ok)->wait();
   EXPECT_TRUE(at::equal(ok, filled(2, comm.size())));

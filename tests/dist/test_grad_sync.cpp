@@ -232,6 +232,77 @@ TEST(GradSync, CountsBytesAndCollectivesPerStep) {
   }
 }
 
+// A communicator that forwards to the test's MPI one but offers a stream timer, as NCCL does: finish()
+// must start it before launching, stop it only after every Work's wait(), and report its seconds().
+class StreamTimedComm final : public comm::Communicator {
+ public:
+  struct Log {
+    std::vector<comm::WorkPtr> works;
+    int started = 0;
+    bool stopped_after_all_waits = false;
+    bool read_after_stop = false;
+  };
+  class Timer final : public comm::StreamTimer {
+   public:
+    explicit Timer(Log& log) : log_(log) { ++log_.started; }
+    void stop() override {
+      bool all_done = !log_.works.empty();
+      for (const auto& w : log_.works) all_done = all_done && w->is_completed();
+      log_.stopped_after_all_waits = all_done;
+      stopped_ = true;
+    }
+    double seconds() override {
+      log_.read_after_stop = stopped_;
+      return 0.125;
+    }
+
+   private:
+    Log& log_;
+    bool stopped_ = false;
+  };
+
+  explicit StreamTimedComm(comm::Communicator& inner) : inner_(inner) {}
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
+  int local_rank() const override { return inner_.local_rank(); }
+  int local_size() const override { return inner_.local_size(); }
+  std::string backend_name() const override { return "timed"; }
+  comm::WorkPtr all_reduce(at::Tensor& t, const comm::AllReduceOptions& o) override {
+    log.works.push_back(inner_.all_reduce(t, o));
+    return log.works.back();
+  }
+  comm::WorkPtr broadcast(at::Tensor& t, const comm::BroadcastOptions& o) override { return inner_.broadcast(t, o); }
+  comm::WorkPtr all_gather(const at::Tensor& in, at::Tensor& out) override { return inner_.all_gather(in, out); }
+  comm::WorkPtr all_gather_v(const at::Tensor& in, at::Tensor& out, const std::vector<int64_t>& counts) override {
+    return inner_.all_gather_v(in, out, counts);
+  }
+  comm::WorkPtr reduce_scatter(const at::Tensor& in, at::Tensor& out, const comm::ReduceScatterOptions& o) override {
+    return inner_.reduce_scatter(in, out, o);
+  }
+  comm::WorkPtr barrier() override { return inner_.barrier(); }
+  std::unique_ptr<comm::StreamTimer> start_stream_timer() override { return std::make_unique<Timer>(log); }
+
+  Log log;
+
+ private:
+  comm::Communicator& inner_;
+};
+
+TEST(GradSync, ExposedCommIsTheStreamTimeWhereTheBackendOffersIt) {
+  auto mlp = make_mlp(6);
+  StreamTimedComm timed(C());
+  GradSync sync(timed, trainable(mlp), small_buckets());
+  Data d = global_batch(1, 3);
+  sync.zero_grad();
+  loss_of(mlp, rows(d.x, 0), rows(d.y, 0)).backward();
+  sync.finish();
+  EXPECT_EQ(timed.log.started, 1);
+  EXPECT_TRUE(timed.log.stopped_after_all_waits);
+  EXPECT_TRUE(timed.log.read_after_stop);
+  EXPECT_EQ(sync.last_stats().exposed_comm_s, 0.125);  // the timer's, not the host's wall time
+  EXPECT_EQ(timed.log.works.size(), sync.buckets().size());
+}
+
 // ---------------------------------------------------------------------------- accumulation
 
 TEST(GradSync, AccumulationSyncsOnlyOnTheLastMicroStep) {

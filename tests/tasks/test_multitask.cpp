@@ -183,7 +183,9 @@ TEST(MultiTaskSampler, MixedBatchesDrawEveryRowsTaskTheSameOnEveryRank) {
     for (size_t p = 0; p < drawn[0].size(); ++p) {
       ASSERT_EQ(drawn[0][p].task, drawn[1][p].task) << "batch " << b;
       ASSERT_EQ(drawn[0][p].rows.size(), drawn[1][p].rows.size()) << "batch " << b;
-      if (p > 0) ASSERT_LT(drawn[0][p - 1].task, drawn[0][p].task);  // task order, none twice
+      if (p > 0) {
+        ASSERT_LT(drawn[0][p - 1].task, drawn[0][p].task);  // task order, none twice
+      }
       rows_of[drawn[0][p].task] += static_cast<int64_t>(drawn[0][p].rows.size());
       total += static_cast<int64_t>(drawn[0][p].rows.size());
     }
