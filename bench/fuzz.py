@@ -13,7 +13,8 @@ Builds build-san/ (clang, -DDELTATUNE_FUZZ=ON: every library and test compiled w
   2. runs ctest in build-san/ with the sanitizers reporting to files (LeakSanitizer with fuzz/lsan.supp:
      leaks inside Open MPI, torch, HDF5 and Python are theirs; fuzz/keep_modules.cpp keeps their
      components mapped so the suppressions can name them), counting tests, failures and reports;
-     --rerun-failed reruns only the tests the recorded suite failed or got reports from (after fixes).
+     --rerun-failed reruns only the tests the recorded suite failed or got reports from (after fixes), minus
+     --exclude; with --no-fuzz it builds only the binaries those tests need.
 Results: bench/results/fuzz.json {targets: {name: {runs, seconds, crashes, artifacts}}, sanitizer: {tests,
 failures, failed, reports}} and fuzz.md. Not part of .ci/run: the sanitizer build and suite take about
 an hour here (scripts/setup.sh fuzz runs this).
@@ -40,13 +41,25 @@ MAX_LEN = {"tokenizer": 16384}  # its seeds are whole (small) tokenizer files; 4
 GLUE_TASKS = ["sst2", "cola", "rte"]  # dist::glue_task_names() order: the glue target's first byte picks one
 
 
-def configure_and_build(log, jobs, fuzz_only):
+def rerun_targets(test_names):
+    """The build targets a rerun of these ctest names needs: a test_* binary per test (its _npN variants run the same
+    binary), deltatune for the script tests, and the LD_PRELOAD library the suite runs with."""
+    targets = {"dt_keep_modules"}
+    for name in test_names:
+        base = re.sub(r"_np[0-9]+$", "", name)
+        targets.add(base if base.startswith("test_") else "deltatune")
+    return sorted(targets)
+
+
+def configure_and_build(log, jobs, fuzz_only, only_targets=None):
     if not os.path.exists(os.path.join(BUILD, "build.ninja")):
         log.run(["cmake", "-S", ".", "-B", C.rel(BUILD), "-G", "Ninja", "-DCMAKE_C_COMPILER=clang",
                  "-DCMAKE_CXX_COMPILER=clang++", "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DDELTATUNE_FUZZ=ON",
                  "-DDELTATUNE_NCCL=OFF", f"-DDELTATUNE_PYTHON={C.ROOT}/.venv/bin/python"])
     # --no-tests builds the fuzz targets alone (minutes); the suite needs every test binary (most of an hour)
     targets = ["--target"] + [f"fuzz_{t}" for t in TARGETS] if fuzz_only else []
+    if only_targets:  # --rerun-failed: what the rerun's tests need, not every test binary
+        targets = ["--target"] + list(only_targets)
     log.run(["cmake", "--build", C.rel(BUILD), "-j", str(jobs)] + targets, timeout=4 * 3600)
 
 
@@ -190,7 +203,8 @@ def sanitizer_suite(log, tests_regex, exclude_regex, jobs, logs_name="sanitizer-
         if case.find("failure") is not None or status == "fail":
             failed.append(case.get("name"))
     reports, binaries = read_reports(logs)
-    return dict(tests=tests, failures=len(failed), failed=failed, skipped=skipped, reports=len(reports),
+    return dict(measured_at=time.strftime("%Y-%m-%d %H:%M"), tests=tests, failures=len(failed), failed=failed,
+                skipped=skipped, reports=len(reports),
                 report_lines=reports, report_binaries=binaries, seconds=round(time.time() - t0, 1),
                 ctest_rc=p.returncode)
 
@@ -213,25 +227,28 @@ def main():
             sys.exit(f"bench/fuzz.py: unknown target '{t}' ({', '.join(TARGETS)})")
     os.makedirs(WORK, exist_ok=True)
     log = C.Log("fuzz")
-    configure_and_build(log, a.jobs, a.no_tests)
     previous = {}
     path = os.path.join(C.RESULTS, "fuzz.json")
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
-    targets = dict(previous.get("targets", {}))
-    if not a.no_fuzz:
-        for t in a.targets.split(","):
-            targets[t] = fuzz(log, t, a.seconds)
     sanitizer, rerun = previous.get("sanitizer"), previous.get("sanitizer_rerun")
     if a.rerun_failed:
         if not sanitizer:
             sys.exit("bench/fuzz.py --rerun-failed: no recorded sanitizer suite to rerun from")
         binaries = sanitizer.get("report_binaries") or read_reports(os.path.join(WORK, "sanitizer-logs"))[1]
-        names = [f"^{t}$" for t in sanitizer["failed"]]
-        names += [f"^{b}(_np[0-9]+)?$" for b in binaries if b not in ("?", "deltatune")]
-        if not names:
-            sys.exit("bench/fuzz.py --rerun-failed: the recorded suite had no failures or reports")
+        rerun_names = [t for t in dict.fromkeys(sanitizer["failed"] + [b for b in binaries if b not in ("?", "deltatune")])
+                       if not (a.exclude and re.search(a.exclude, t))]
+        if not rerun_names:
+            sys.exit("bench/fuzz.py --rerun-failed: the recorded suite had no failures or reports (left after "
+                     "--exclude)")
+    configure_and_build(log, a.jobs, a.no_tests, rerun_targets(rerun_names) if a.rerun_failed and a.no_fuzz else None)
+    targets = dict(previous.get("targets", {}))
+    if not a.no_fuzz:
+        for t in a.targets.split(","):
+            targets[t] = fuzz(log, t, a.seconds)
+    if a.rerun_failed:
+        names = [f"^{t}(_np[0-9]+)?$" for t in rerun_names]
         rerun = sanitizer_suite(log, "|".join(names), a.exclude, a.jobs, "sanitizer-logs-rerun")
         rerun["tests_regex"] = "|".join(names)
         rerun["excluded_regex"] = a.exclude
@@ -259,7 +276,8 @@ def main():
                     f"{' except ' + suite['excluded_regex'] if suite.get('excluded_regex') else ''}: "
                     f"{suite['tests']} tests, {suite['failures']} failed"
                     f"{' (' + ', '.join(suite['failed']) + ')' if suite['failed'] else ''}, "
-                    f"{suite['reports']} sanitizer reports, {suite['skipped']} skipped, {suite['seconds']:.0f} s.\n")
+                    f"{suite['reports']} sanitizer reports, {suite['skipped']} skipped, {suite['seconds']:.0f} s"
+                    f"{', measured ' + suite['measured_at'] if suite.get('measured_at') else ''}.\n")
             for r in suite["report_lines"]:
                 f.write(f"- {r}\n")
         f.write("\n" + C.machine_note("the sanitizer build in build-san/") + "\n")
