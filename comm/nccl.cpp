@@ -433,9 +433,9 @@ class NcclCommunicator final : public Communicator {
     return counted(Collective::ReduceScatter, payload(input), std::move(work));
   }
 
-  // NCCL has no barrier: an all-reduce of one integer stands in for it.
   std::unique_ptr<StreamTimer> start_stream_timer() override { return std::make_unique<NcclStreamTimer>(device_); }
 
+  // NCCL has no barrier: an all-reduce of one integer stands in for it.
   WorkPtr barrier() override {
     auto work = launch("barrier (ncclAllReduce)", {}, [&] {
       CHECK_NCCL(ncclAllReduce(barrier_buffer_, barrier_buffer_, 1, ncclInt32, ncclSum, comm_, stream_));
