@@ -67,7 +67,8 @@ FisherShard parse_fisher_shard(const std::string& name) {
 }
 
 bool fisher_is_sharded(const model::ModelConfig& config, const comm::Communicator& comm, const FisherOptions& options) {
-  if (comm.size() < 2 || comm.backend_name() != "mpi" || options.shard == FisherShard::Off) return false;
+  // Only where the top-k splits too: its ranks read exactly the tensors each rank keeps here.
+  if (!splits_top_k(&comm) || options.shard == FisherShard::Off) return false;
   return options.shard == FisherShard::On ||
          4 * eligible_params(config, options.include, options.exclude) > options.shard_above_bytes;
 }

@@ -289,6 +289,10 @@ std::vector<std::vector<Piece>> reading_plan(const std::vector<model::TensorMeta
 
 }  // namespace
 
+bool splits_top_k(const comm::Communicator* comm) {
+  return comm && comm->size() > 1 && comm->backend_name() == "mpi";
+}
+
 std::vector<bool> tensors_read_by(const std::vector<model::TensorMeta>& tensors, bool per_tensor, int rank, int size) {
   DT_CHECK(size > 0 && rank >= 0 && rank < size, "tensors_read_by: rank out of range");
   std::vector<bool> read(tensors.size(), false);
@@ -302,8 +306,7 @@ Mask top_k_magnitude(const std::vector<std::pair<std::string, at::Tensor>>& tens
   std::vector<model::TensorMeta> metas;
   for (const auto& [name, t] : tensors) metas.push_back({name, t.sizes().vec()});
   const int64_t k = mask_count(metas, options);  // the UsageErrors of top_k_mask
-  // The collectives carry CPU tensors: over a device-only backend (nccl) every rank selects alone.
-  comm::Communicator* c = comm && comm->size() > 1 && comm->backend_name() == "mpi" ? comm : nullptr;
+  comm::Communicator* c = splits_top_k(comm) ? comm : nullptr;
   const int size = c ? c->size() : 1, rank = c ? c->rank() : 0;
 
   const std::vector<std::vector<Piece>> pieces = reading_plan(metas, options.per_tensor, size);

@@ -49,6 +49,10 @@ enum class TopKKey {
 Mask top_k_magnitude(const std::vector<std::pair<std::string, at::Tensor>>& tensors, const TopKOptions& options,
                      comm::Communicator* comm = nullptr, TopKKey key = TopKKey::Magnitude);
 
+// Whether top_k_magnitude splits its work over `comm` (more than one rank over "mpi": the collectives
+// carry CPU tensors); otherwise every rank selects alone. The sharded Fisher follows the same rule.
+bool splits_top_k(const comm::Communicator* comm);
+
 // Which of `tensors` rank `rank` of `size` reads in top_k_magnitude (per_tensor as its TopKOptions
 // say): a caller that makes scores (the sharded Fisher, sparse/fisher.h) need only fill these.
 std::vector<bool> tensors_read_by(const std::vector<model::TensorMeta>& tensors, bool per_tensor, int rank, int size);
