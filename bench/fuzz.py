@@ -16,7 +16,8 @@ Builds build-san/ (clang, -DDELTATUNE_FUZZ=ON: every library and test compiled w
      --rerun-failed reruns only the tests the recorded suite failed or got reports from (after fixes), minus
      --exclude; with --no-fuzz it builds only the binaries those tests need.
 Results: bench/results/fuzz.json {targets: {name: {runs, seconds, crashes, artifacts}}, sanitizer: {tests,
-failures, failed, reports}} and fuzz.md. Not part of .ci/run: the sanitizer build and suite take about
+failures, failed, timed_out, timeout_scale, reports}} and fuzz.md. In build-san/ every test's ctest limit is x8
+(DELTATUNE_TEST_TIMEOUT_SCALE). Not part of .ci/run: the sanitizer build and suite take about
 an hour here (scripts/setup.sh fuzz runs this).
 """
 import argparse
@@ -37,6 +38,9 @@ import common as C  # noqa: E402
 BUILD = os.path.join(C.ROOT, "build-san")
 WORK = os.path.join(C.CACHE, "fuzz")
 TARGETS = ["safetensors", "llama2c", "tokenizer", "glue", "config", "checkpoint", "index_codec"]
+# Every test's ctest limit times this in build-san/ (tests/CMakeLists.txt DELTATUNE_TEST_TIMEOUT_SCALE): the
+# script tests run deltatune dozens of times, each many times slower under the sanitizers.
+TIMEOUT_SCALE = 8
 MAX_LEN = {"tokenizer": 16384}  # its seeds are whole (small) tokenizer files; 4096 bytes for the others
 GLUE_TASKS = ["sst2", "cola", "rte"]  # dist::glue_task_names() order: the glue target's first byte picks one
 
@@ -55,7 +59,10 @@ def configure_and_build(log, jobs, fuzz_only, only_targets=None):
     if not os.path.exists(os.path.join(BUILD, "build.ninja")):
         log.run(["cmake", "-S", ".", "-B", C.rel(BUILD), "-G", "Ninja", "-DCMAKE_C_COMPILER=clang",
                  "-DCMAKE_CXX_COMPILER=clang++", "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DDELTATUNE_FUZZ=ON",
-                 "-DDELTATUNE_NCCL=OFF", f"-DDELTATUNE_PYTHON={C.ROOT}/.venv/bin/python"])
+                 "-DDELTATUNE_NCCL=OFF", f"-DDELTATUNE_PYTHON={C.ROOT}/.venv/bin/python",
+                 f"-DDELTATUNE_TEST_TIMEOUT_SCALE={TIMEOUT_SCALE}"])
+    else:  # an older build-san/ gets the scaled limits too
+        log.run(["cmake", C.rel(BUILD), f"-DDELTATUNE_TEST_TIMEOUT_SCALE={TIMEOUT_SCALE}"])
     # --no-tests builds the fuzz targets alone (minutes); the suite needs every test binary (most of an hour)
     targets = ["--target"] + [f"fuzz_{t}" for t in TARGETS] if fuzz_only else []
     if only_targets:  # --rerun-failed: what the rerun's tests need, not every test binary
@@ -180,7 +187,7 @@ def sanitizer_suite(log, tests_regex, exclude_regex, jobs, logs_name="sanitizer-
                LD_PRELOAD=os.path.join(BUILD, "fuzz", "libdt_keep_modules.so"),
                OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     junit = os.path.join(WORK, "ctest.xml")
-    cmd = ["ctest", "--test-dir", C.rel(BUILD), "-j", str(jobs), "--output-junit", junit, "--timeout", "5400"]
+    cmd = ["ctest", "--test-dir", C.rel(BUILD), "-j", str(jobs), "--output-junit", junit]
     if tests_regex:
         cmd += ["-R", tests_regex]
     if exclude_regex:
@@ -202,8 +209,11 @@ def sanitizer_suite(log, tests_regex, exclude_regex, jobs, logs_name="sanitizer-
         tests += 1
         if case.find("failure") is not None or status == "fail":
             failed.append(case.get("name"))
+    # The junit file does not tell a timeout from a failure; ctest's own lines do ("***Timeout").
+    timed_out = [m.group(1) for m in re.finditer(r"Test\s+#\d+: (\S+) \.*\s*\*\*\*Timeout", p.stdout)]
     reports, binaries = read_reports(logs)
     return dict(measured_at=time.strftime("%Y-%m-%d %H:%M"), tests=tests, failures=len(failed), failed=failed,
+                timed_out=timed_out, timeout_scale=TIMEOUT_SCALE,
                 skipped=skipped, reports=len(reports),
                 report_lines=reports, report_binaries=binaries, seconds=round(time.time() - t0, 1),
                 ctest_rc=p.returncode)
@@ -275,7 +285,9 @@ def main():
             f.write(f"\n{title}, tests {suite['tests_regex']}"
                     f"{' except ' + suite['excluded_regex'] if suite.get('excluded_regex') else ''}: "
                     f"{suite['tests']} tests, {suite['failures']} failed"
-                    f"{' (' + ', '.join(suite['failed']) + ')' if suite['failed'] else ''}, "
+                    f"{' (' + ', '.join(suite['failed']) + ')' if suite['failed'] else ''}"
+                    f"{' of which timed out: ' + ', '.join(suite['timed_out']) if suite.get('timed_out') else ''}"
+                    f"{' (limits x' + str(suite['timeout_scale']) + ')' if suite.get('timeout_scale') else ''}, "
                     f"{suite['reports']} sanitizer reports, {suite['skipped']} skipped, {suite['seconds']:.0f} s"
                     f"{', measured ' + suite['measured_at'] if suite.get('measured_at') else ''}.\n")
             for r in suite["report_lines"]:

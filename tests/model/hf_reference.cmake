@@ -9,5 +9,5 @@ add_test(NAME hf_reference_setup
 set_tests_properties(hf_reference_setup PROPERTIES FIXTURES_SETUP hf_reference TIMEOUT 300)
 dt_add_test(NAME test_hf_reference SOURCES test_hf_reference.cpp LIBS dt_model NP 1)
 set_tests_properties(test_hf_reference PROPERTIES FIXTURES_REQUIRED hf_reference)
-# (dt_add_test rewrites every test's ENVIRONMENT in this directory, so the folder is compiled in.)
+# (The folder is compiled in: the test runs the same from ctest or by hand.)
 target_compile_definitions(test_hf_reference PRIVATE DT_HF_REFERENCE_DIR="${DT_HF_REFERENCE_DIR}")
