@@ -19,9 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common as C  # noqa: E402
-
-HEADLINE = {"sst2": "accuracy", "rte": "accuracy", "wnli": "accuracy", "qnli": "accuracy", "cola": "mcc",
-            "mrpc": "f1", "stsb": "pearson"}
+from multitask import HEADLINE, headline  # noqa: E402  (the GLUE headline score the tables report)
 
 
 def main():
@@ -61,9 +59,11 @@ def main():
             if rc != 0:
                 row["failed"] = (out.strip().splitlines() or [f"rc {rc}"])[-1]
             else:
-                last = [r for r in C.read_jsonl(metrics) if "eval_count" in r][-1]
-                row.update(score=last[f"eval_{metric}"], eval_count=last["eval_count"],
-                           final_loss=C.steps_of(C.read_jsonl(metrics))[-1]["loss"])
+                rows_read = C.read_jsonl(metrics)
+                last = [r for r in rows_read if "eval_count" in r][-1]
+                scores = {k[5:]: v for k, v in last.items() if k.startswith("eval_")}
+                row.update(score=headline(a.task, scores), eval_count=last["eval_count"],
+                           final_loss=C.steps_of(rows_read)[-1]["loss"])
             rows.append(row)
             print(f"[bench:{a.name}] {config} lr {lr}: {row.get('score', row.get('failed'))}", flush=True)
     log.lines = [line.replace(C.BIN, C.rel(C.BIN)) for line in log.lines]
