@@ -52,6 +52,16 @@ def rss_wrap(prefix):
     return [PY, rel(os.path.join(BENCH, "rss_wrap.py")), prefix]
 
 
+def shell_text(cmd):
+    """A command as one shell line, each argument quoted where it needs it."""
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
+def recorded_command(cmd):
+    """A run's command as a runs file records it: one shell line, the binary relative to the repository root."""
+    return shell_text(cmd).replace(BIN, rel(BIN))
+
+
 class Log:
     """Collects the commands a part ran, with wall time and exit code."""
 
@@ -60,7 +70,7 @@ class Log:
         self.lines = []
 
     def run(self, cmd, check=True, timeout=None, quiet=False):
-        text = " ".join(shlex.quote(c) for c in cmd)
+        text = shell_text(cmd)
         print(f"[bench:{self.part}] $ {text}", flush=True)
         t0 = time.time()
         # Own process group, so a timeout ends the launcher and every rank it started (and nothing else).

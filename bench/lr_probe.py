@@ -49,7 +49,7 @@ def main():
             if done and not a.redo:  # a finished run's metrics are kept in bench/.cache: not repeated
                 rc, out = 0, ""
                 log.lines.append(f"# kept from an earlier run (its metrics file {C.rel(metrics)})\n"
-                                 + " ".join(cmd))
+                                 + C.shell_text(cmd))
             else:
                 if os.path.exists(metrics):
                     os.remove(metrics)

@@ -245,7 +245,7 @@ def execute_source(src, log):
     rc, out = log.run(cmd, check=False, timeout=3 * 3600)
     record = dict(backbone=src.backbone, row="source:prompt", mode="source", method="prompt", tasks=src.task,
                   seed=src.seed, steps=src.steps, options_sha256=src.sha, config=src.config,
-                  checkpoint=C.rel(src.checkpoint), command=" ".join(cmd).replace(C.BIN, C.rel(C.BIN)))
+                  checkpoint=C.rel(src.checkpoint), command=C.recorded_command(cmd))
     if rc != 0 or not os.path.exists(src.checkpoint):
         record["failed"] = (out.strip().splitlines() or [f"rc {rc}"])[-1] if rc != 0 else \
             f"no {C.rel(src.checkpoint)} after the run"
@@ -264,7 +264,7 @@ def execute(run, log, part):
     rc, out = log.run(cmd, check=False, timeout=3 * 3600)
     record = dict(backbone=run.backbone, row=run.row, mode=run.mode, method=run.method, tasks=run.tasks,
                   seed=run.seed, steps=run.steps, options_sha256=run.sha, config=run.config,
-                  command=" ".join(cmd).replace(C.BIN, C.rel(C.BIN)))
+                  command=C.recorded_command(cmd))
     if rc != 0:
         record["failed"] = (out.strip().splitlines() or [f"rc {rc}"])[-1]
         return record

@@ -112,7 +112,7 @@ def main():
                                      str(spec["max_len"]), "--threads", "1", "--metrics", C.rel(metrics), *extra]
                 rc, out = log.run(cmd, check=False, timeout=3600)
                 record = dict(task=task, method=m, seed=seed, steps=steps, config_sha256=key[4],
-                              command=" ".join(cmd).replace(C.BIN, C.rel(C.BIN)))
+                              command=C.recorded_command(cmd))
                 if rc != 0:
                     record["failed"] = (out.strip().splitlines() or [f"rc {rc}"])[-1]
                 else:

@@ -205,10 +205,6 @@ def run_key(r):
     return (r["backbone"], r["row"], r["kind"], r["seed"], r["steps"], r.get("options_sha256"))
 
 
-def command_text(cmd):
-    return " ".join(cmd).replace(C.BIN, C.rel(C.BIN))
-
-
 def execute_search(backbone, row, seed, steps, part, log):
     config, options, sha, out = search_spec(backbone, row, seed, steps, part)
     metrics = out[:-5] + ".search.jsonl"
@@ -222,7 +218,7 @@ def execute_search(backbone, row, seed, steps, part, log):
     wall = time.time() - t0
     record = dict(backbone=backbone, row=row.name, kind="search", method="s3delta", seed=seed, steps=steps,
                   options_sha256=sha, config=config, budget_params=row.budget, structure=C.rel(out),
-                  wall_s=round(wall, 1), command=command_text(cmd))
+                  wall_s=round(wall, 1), command=C.recorded_command(cmd))
     if rc != 0 or not os.path.exists(out):
         record["failed"] = (text.strip().splitlines() or [f"rc {rc}"])[-1] if rc != 0 else f"no {C.rel(out)}"
         return record
@@ -255,7 +251,7 @@ def execute_train(backbone, row, seed, steps, quick, part, log, structure=None, 
     rc, text = log.run(cmd, check=False, timeout=4 * 3600)
     record = dict(backbone=backbone, row=row.name, kind="train", method=method_of(config), seed=seed, steps=steps,
                   options_sha256=sha, config=config, options=row.extra, wall_s=round(time.time() - t0, 1),
-                  command=command_text(cmd))
+                  command=C.recorded_command(cmd))
     if structure_sha:
         record["structure_sha256"] = structure_sha
     if rc != 0:
