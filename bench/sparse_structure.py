@@ -325,10 +325,14 @@ def main():
                 _, _, ssha, out = search_spec(b, row, seed, steps, part)
                 skey = (b, row.name, "search", seed, steps, ssha)
                 srec = next((r for r in runs if run_key(r) == skey), None)
-                have = srec is not None and "failed" not in srec and os.path.exists(out) and \
-                    file_sha(out) == srec.get("structure_sha256")
                 if srec is not None and "failed" in srec and not a.redo:
                     continue
+                if srec is not None and not a.redo:
+                    _, _, tsha = train_spec(b, row, seed, steps, a.quick, srec["structure_sha256"])
+                    if any(run_key(r) == (b, row.name, "train", seed, steps, tsha) for r in runs):
+                        continue  # search and retrain both recorded: the structure file (bench/.cache) isn't needed
+                have = srec is not None and "failed" not in srec and os.path.exists(out) and \
+                    file_sha(out) == srec.get("structure_sha256")
                 if a.redo or not have:
                     srec = execute_search(b, row, seed, steps, part, log)
                     runs = replace(runs, srec)
