@@ -327,10 +327,11 @@ def main():
                 srec = next((r for r in runs if run_key(r) == skey), None)
                 if srec is not None and "failed" in srec and not a.redo:
                     continue
-                if srec is not None and not a.redo:
-                    _, _, tsha = train_spec(b, row, seed, steps, a.quick, srec["structure_sha256"])
-                    if any(run_key(r) == (b, row.name, "train", seed, steps, tsha) for r in runs):
-                        continue  # search and retrain both recorded: the structure file (bench/.cache) isn't needed
+                def retrain_recorded(search):
+                    _, _, tsha = train_spec(b, row, seed, steps, a.quick, search["structure_sha256"])
+                    return any(run_key(r) == (b, row.name, "train", seed, steps, tsha) for r in runs)
+                if srec is not None and not a.redo and retrain_recorded(srec):
+                    continue  # search and retrain both recorded: the structure file (bench/.cache) isn't needed
                 have = srec is not None and "failed" not in srec and os.path.exists(out) and \
                     file_sha(out) == srec.get("structure_sha256")
                 if a.redo or not have:
@@ -339,9 +340,7 @@ def main():
                     write_runs(runs_path, runs)
                     if "failed" in srec:
                         continue
-                _, _, tsha = train_spec(b, row, seed, steps, a.quick, srec["structure_sha256"])
-                tkey = (b, row.name, "train", seed, steps, tsha)
-                if not a.redo and any(run_key(r) == tkey for r in runs):
+                if not a.redo and retrain_recorded(srec):
                     continue
                 runs = replace(runs, execute_train(b, row, seed, steps, a.quick, part, log, C.rel(out),
                                                    srec["structure_sha256"]))
